@@ -1,1 +1,80 @@
-fn main() {}
+//! The `fleetwatch-agent` binary.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fleetwatch_agent::config::AgentConfig;
+use std::path::PathBuf;
+
+/// fleetwatch agent: collects this host's metrics and ships them to the fleet's aggregator.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(short, long, default_value = "/etc/fleetwatch/agent.toml")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and exit: 0 when valid, otherwise the file, key and problem.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(short, long, default_value = "/etc/fleetwatch/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match AgentConfig::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => match run(config) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(path: PathBuf) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = AgentConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let agent = fleetwatch_agent::run::start(config)?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+        agent.stop().await;
+        Ok(())
+    })
+}

@@ -1,1 +1,16 @@
-//! placeholder crate root
+//! fleetwatch-aggregator: receives agents' batches over mutual-TLS QUIC, stores them durably,
+//! keeps the fleet's state and serves the Prometheus-compatible HTTP API.
+//!
+//! Data flows [`ingest`] → [`store`] (write-ahead log, then index) → [`http`]; [`fleet`] tracks
+//! who is up. [`server`] wires it together; [`demo`] runs it with a local agent.
+
+pub mod config;
+pub mod demo;
+pub mod fleet;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod wal;

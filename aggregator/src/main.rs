@@ -1,1 +1,188 @@
-fn main() {}
+//! The `fleetwatch-aggregator` binary.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fleetwatch_aggregator::config::AggregatorConfig;
+use fleetwatch_aggregator::demo::{self, DemoOptions};
+use fleetwatch_common::pki;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// fleetwatch aggregator: receives the fleet's data from agents, stores it and serves the API.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the aggregator service.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(short, long, default_value = "/etc/fleetwatch/aggregator.toml")]
+        config: PathBuf,
+    },
+    /// The whole system on this host with no configuration: a throwaway CA, the aggregator and
+    /// a local agent, on loopback. Prints the API URL and an admin token.
+    Demo {
+        /// Where the demo keeps its CA, store, buffer and token.
+        #[arg(long, default_value = "fleetwatch-demo")]
+        data_dir: PathBuf,
+        /// HTTP API address (loopback only).
+        #[arg(long, default_value = "127.0.0.1:4741")]
+        http: String,
+        /// QUIC address for agents (loopback only).
+        #[arg(long, default_value = "127.0.0.1:4740")]
+        quic: String,
+    },
+    /// Manage the fleet's certificate authority.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Check a configuration file and exit: 0 when valid, otherwise the file, key and problem.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(short, long, default_value = "/etc/fleetwatch/aggregator.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create a fleet CA in DIR (ca.pem, ca.key with mode 0600, an empty crl.pem).
+    Init {
+        /// The PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "fleetwatch fleet CA")]
+        name: String,
+    },
+    /// Issue a certificate signed by the fleet CA: for an agent (its name is the agent's
+    /// identity, the `host` label) or for an aggregator (its DNS name or IP).
+    Issue {
+        /// The PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Issue an agent certificate with this name.
+        #[arg(long, conflicts_with = "server", required_unless_present = "server")]
+        agent: Option<String>,
+        /// Issue a server certificate for this DNS name or IP address.
+        #[arg(long)]
+        server: Option<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 397)]
+        days: u32,
+    },
+    /// Revoke every certificate issued to NAME and rewrite crl.pem; running aggregators pick it
+    /// up within seconds and close that agent's connection.
+    Revoke {
+        /// The PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The agent or server name.
+        name: String,
+    },
+}
+
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(config),
+        Command::Demo {
+            data_dir,
+            http,
+            quic,
+        } => {
+            init_logs();
+            runtime().and_then(|rt| {
+                rt.block_on(demo::run(DemoOptions {
+                    data_dir,
+                    http,
+                    quic,
+                }))
+            })
+        }
+        Command::CheckConfig { config } => AggregatorConfig::load(&config)
+            .map(|_| println!("{}: ok", config.display()))
+            .map_err(anyhow::Error::from),
+        Command::Pki { command } => pki_command(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pki_command(command: PkiCommand) -> anyhow::Result<()> {
+    match command {
+        PkiCommand::Init { dir, name } => {
+            pki::init(&dir, &name)?;
+            println!("fleet CA created in {}", dir.display());
+            println!(
+                "next: fleetwatch-aggregator pki issue --dir {} --server <aggregator DNS name>",
+                dir.display()
+            );
+        }
+        PkiCommand::Issue {
+            dir,
+            agent,
+            server,
+            days,
+        } => {
+            let validity = pki::Validity::days(days);
+            let issued = match (agent, server) {
+                (Some(name), _) => pki::issue_agent(&dir, &name, validity)?,
+                (None, Some(name)) => pki::issue_server(&dir, &name, validity)?,
+                (None, None) => anyhow::bail!("say --agent NAME or --server NAME"),
+            };
+            println!("certificate: {}", issued.cert.display());
+            println!("private key: {} (mode 0600)", issued.key.display());
+        }
+        PkiCommand::Revoke { dir, name } => {
+            let outcome = pki::revoke(&dir, &name)?;
+            println!("{outcome:?}");
+            println!("crl written to {}", dir.join("crl.pem").display());
+        }
+    }
+    Ok(())
+}
+
+fn run(path: PathBuf) -> anyhow::Result<()> {
+    init_logs();
+    let config = AggregatorConfig::load(&path)?;
+    runtime()?.block_on(async move {
+        let running = fleetwatch_aggregator::server::start(config).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+        running.stop().await;
+        Ok(())
+    })
+}

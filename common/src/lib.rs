@@ -5,5 +5,7 @@
 
 pub mod codec;
 pub mod model;
+pub mod pki;
 pub mod protocol;
+pub mod tls;
 pub mod validate;

@@ -90,6 +90,9 @@ pub enum Breach {
     /// Too many fields on a log record.
     #[error("log record from {0} has {1} fields, limit is {2}")]
     TooManyFields(String, usize, usize),
+    /// The host already has as many series as it may; new ones are refused.
+    #[error("host {0} is at its limit of {1} series; {2} new series refused")]
+    TooManySeriesForHost(String, usize, u64),
 }
 
 impl Breach {
@@ -107,6 +110,7 @@ impl Breach {
             Breach::FutureSample(..) => "future_timestamp",
             Breach::LogTooLong(..) => "log_too_long",
             Breach::TooManyFields(..) => "too_many_fields",
+            Breach::TooManySeriesForHost(..) => "series_per_host",
         }
     }
 }

@@ -1,0 +1,276 @@
+//! The agent's configuration: one struct per component, TOML through the `config` crate, with
+//! `FLEETWATCH_AGENT__SECTION__KEY` environment overrides.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Where the agent keeps its buffer and state.
+    pub data_dir: PathBuf,
+    /// How to reach the aggregators and prove who we are.
+    pub aggregator: AggregatorLink,
+    /// Host metrics collection.
+    pub host: HostConfig,
+    /// Batching of collected data.
+    pub batch: BatchConfig,
+    /// The durable buffer.
+    pub buffer: BufferSettings,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/fleetwatch/agent"),
+            aggregator: AggregatorLink::default(),
+            host: HostConfig::default(),
+            batch: BatchConfig::default(),
+            buffer: BufferSettings::default(),
+        }
+    }
+}
+
+/// The link to the aggregators.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorLink {
+    /// Aggregator addresses (`host:port`), tried in order; the agent fails over to the next one.
+    pub addresses: Vec<String>,
+    /// Name in the aggregator's certificate; empty means the host part of the address.
+    pub server_name: String,
+    /// The fleet CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This agent's certificate (PEM); its name is the agent's identity.
+    pub cert: PathBuf,
+    /// This agent's private key (PEM).
+    pub key: PathBuf,
+    /// Batches in flight at once.
+    pub max_in_flight: usize,
+    /// How long to wait for an acknowledgement, in seconds.
+    pub ack_timeout_seconds: f64,
+    /// First reconnect delay, in seconds (doubles up to the maximum, with jitter).
+    pub backoff_min_seconds: f64,
+    /// Longest reconnect delay, in seconds.
+    pub backoff_max_seconds: f64,
+}
+
+impl Default for AggregatorLink {
+    fn default() -> Self {
+        Self {
+            addresses: vec!["127.0.0.1:4740".into()],
+            server_name: String::new(),
+            ca: PathBuf::from("/etc/fleetwatch/pki/ca.pem"),
+            cert: PathBuf::from("/etc/fleetwatch/pki/agent.pem"),
+            key: PathBuf::from("/etc/fleetwatch/pki/agent.key"),
+            max_in_flight: 8,
+            ack_timeout_seconds: 30.0,
+            backoff_min_seconds: 0.5,
+            backoff_max_seconds: 30.0,
+        }
+    }
+}
+
+/// Host metrics collection.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// Collect host metrics at all.
+    pub enabled: bool,
+    /// Seconds between collections.
+    pub interval_seconds: f64,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_seconds: 10.0,
+        }
+    }
+}
+
+/// Batching: a batch is sealed when it holds `max_items` or is `max_wait_seconds` old.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Samples and records in one batch.
+    pub max_items: usize,
+    /// Seconds a batch may wait for more data before it is sealed.
+    pub max_wait_seconds: f64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_items: 10_000,
+            max_wait_seconds: 1.0,
+        }
+    }
+}
+
+/// The durable buffer's bounds.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferSettings {
+    /// Most bytes kept; beyond it the oldest batches are dropped (and counted).
+    pub max_bytes: u64,
+    /// Oldest batch kept, in hours; older ones are dropped (and counted).
+    pub max_age_hours: f64,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for BufferSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 * 1024 * 1024,
+            max_age_hours: 24.0,
+            cache_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// A configuration problem, naming the file or key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed.
+    #[error("{path}: {message}")]
+    Load {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn positive(key: &'static str, v: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            message: format!("must be a positive number of seconds, got {v}"),
+        })
+    }
+}
+
+impl AgentConfig {
+    /// Loads `path` (TOML) with environment overrides (`FLEETWATCH_AGENT__HOST__INTERVAL_SECONDS`).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let loaded = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("FLEETWATCH_AGENT")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("aggregator.addresses")
+                    .try_parsing(true),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize::<AgentConfig>())
+            .map_err(|e| ConfigError::Load {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        loaded.validate()?;
+        Ok(loaded)
+    }
+
+    /// Checks values the types can not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.aggregator.addresses.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "aggregator.addresses",
+                message: "at least one aggregator address is needed".into(),
+            });
+        }
+        for a in &self.aggregator.addresses {
+            if a.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(ConfigError::Invalid {
+                    key: "aggregator.addresses",
+                    message: format!("{a:?} is not host:port"),
+                });
+            }
+        }
+        positive("host.interval_seconds", self.host.interval_seconds)?;
+        positive("batch.max_wait_seconds", self.batch.max_wait_seconds)?;
+        positive(
+            "aggregator.ack_timeout_seconds",
+            self.aggregator.ack_timeout_seconds,
+        )?;
+        positive(
+            "aggregator.backoff_min_seconds",
+            self.aggregator.backoff_min_seconds,
+        )?;
+        positive(
+            "aggregator.backoff_max_seconds",
+            self.aggregator.backoff_max_seconds,
+        )?;
+        positive("buffer.max_age_hours", self.buffer.max_age_hours)?;
+        if self.aggregator.max_in_flight == 0 {
+            return Err(ConfigError::Invalid {
+                key: "aggregator.max_in_flight",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.buffer.max_bytes < 1024 * 1024 {
+            return Err(ConfigError::Invalid {
+                key: "buffer.max_bytes",
+                message: format!("{} is below the minimum of 1 MiB", self.buffer.max_bytes),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Seconds as a `Duration`, saturating on nonsense.
+pub fn secs(v: f64) -> Duration {
+    Duration::try_from_secs_f64(v).unwrap_or(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let path = dir.join("agent.toml");
+        let cfg = AgentConfig::load(&path).unwrap();
+        assert!(!cfg.aggregator.addresses.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "[host]\nintervall_seconds = 3\n").unwrap();
+        let err = AgentConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("intervall_seconds"), "{err}");
+        assert!(err.contains("a.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "[aggregator]\naddresses = [\"nohost\"]\n").unwrap();
+        let err = AgentConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("aggregator.addresses"), "{err}");
+    }
+}

@@ -1,0 +1,3 @@
+//! Sources: one module per kind of thing the agent collects.
+
+pub mod host;

@@ -1,0 +1,273 @@
+//! The aggregator's configuration: one struct per component, TOML through the `config` crate,
+//! with `FLEETWATCH_AGGREGATOR__SECTION__KEY` environment overrides.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The whole aggregator configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// Where the store and fleet state live.
+    pub data_dir: PathBuf,
+    /// The QUIC listener for agents.
+    pub quic: QuicConfig,
+    /// The HTTP API.
+    pub http: HttpConfig,
+    /// Limits on what agents send.
+    pub limits: LimitsConfig,
+    /// Fleet status thresholds.
+    pub fleet: FleetConfig,
+    /// The store.
+    pub store: StoreSettings,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/fleetwatch/aggregator"),
+            quic: QuicConfig::default(),
+            http: HttpConfig::default(),
+            limits: LimitsConfig::default(),
+            fleet: FleetConfig::default(),
+            store: StoreSettings::default(),
+        }
+    }
+}
+
+/// The QUIC listener and its certificates.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuicConfig {
+    /// Address to listen on for agents.
+    pub listen: String,
+    /// The fleet CA certificate (PEM): only agents with certificates it signed get in.
+    pub ca: PathBuf,
+    /// The aggregator's certificate (PEM).
+    pub cert: PathBuf,
+    /// The aggregator's private key (PEM).
+    pub key: PathBuf,
+    /// The CA's revocation list (PEM), re-read when it changes. Empty: no revocation list.
+    pub crl: PathBuf,
+    /// Batch streams each agent may have open at once.
+    pub max_in_flight: u32,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:4740".into(),
+            ca: PathBuf::from("/etc/fleetwatch/pki/ca.pem"),
+            cert: PathBuf::from("/etc/fleetwatch/pki/server.pem"),
+            key: PathBuf::from("/etc/fleetwatch/pki/server.key"),
+            crl: PathBuf::from("/etc/fleetwatch/pki/crl.pem"),
+            max_in_flight: 16,
+        }
+    }
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// File holding the admin bearer token (one line).
+    pub admin_token_file: PathBuf,
+    /// File holding a read-only (viewer) bearer token; empty for none.
+    pub viewer_token_file: PathBuf,
+    /// Serve `/metrics` without a token (for a Prometheus that scrapes the aggregator).
+    pub metrics_public: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:4741".into(),
+            admin_token_file: PathBuf::from("/etc/fleetwatch/admin.token"),
+            viewer_token_file: PathBuf::new(),
+            metrics_public: false,
+        }
+    }
+}
+
+/// Limits on what agents send; a breach is refused with a reason and counted.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest frame payload, bytes (compressed).
+    pub max_frame_bytes: u32,
+    /// Series in one batch.
+    pub max_series_per_batch: usize,
+    /// Labels on one series.
+    pub max_labels_per_series: usize,
+    /// Bytes in a label name.
+    pub max_label_name_bytes: usize,
+    /// Bytes in a label value.
+    pub max_label_value_bytes: usize,
+    /// Series one host may have in the store; new series beyond it are refused.
+    pub max_series_per_host: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = fleetwatch_common::validate::Limits::default();
+        Self {
+            max_frame_bytes: 16 * 1024 * 1024,
+            max_series_per_batch: l.max_series_per_batch,
+            max_labels_per_series: l.max_labels_per_series,
+            max_label_name_bytes: l.max_label_name_bytes,
+            max_label_value_bytes: l.max_label_value_bytes,
+            max_series_per_host: 20_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The validation limits these settings describe.
+    pub fn validation(&self) -> fleetwatch_common::validate::Limits {
+        fleetwatch_common::validate::Limits {
+            max_series_per_batch: self.max_series_per_batch,
+            max_labels_per_series: self.max_labels_per_series,
+            max_label_name_bytes: self.max_label_name_bytes,
+            max_label_value_bytes: self.max_label_value_bytes,
+            ..Default::default()
+        }
+    }
+}
+
+/// When a host counts as stale or down.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// Seconds without data after which a host is stale.
+    pub stale_after_seconds: u64,
+    /// Seconds without data after which a host is down (`up` 0).
+    pub down_after_seconds: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            stale_after_seconds: 30,
+            down_after_seconds: 90,
+        }
+    }
+}
+
+/// The store.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// Hours of samples kept.
+    pub retention_hours: f64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            retention_hours: 6.0,
+        }
+    }
+}
+
+/// A configuration problem, naming the file or key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed.
+    #[error("{path}: {message}")]
+    Load {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl AggregatorConfig {
+    /// Loads `path` (TOML) with environment overrides (`FLEETWATCH_AGGREGATOR__HTTP__LISTEN`).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let cfg = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("FLEETWATCH_AGGREGATOR")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize::<AggregatorConfig>())
+            .map_err(|e| ConfigError::Load {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        cfg.validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.display().to_string(),
+                key,
+                message,
+            })?;
+        Ok(cfg)
+    }
+
+    /// Checks values the types can not.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, addr) in [
+            ("quic.listen", &self.quic.listen),
+            ("http.listen", &self.http.listen),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err((key, format!("{addr:?} is not an IP:port address")));
+            }
+        }
+        if self.fleet.down_after_seconds < self.fleet.stale_after_seconds {
+            return Err((
+                "fleet.down_after_seconds",
+                "must not be below fleet.stale_after_seconds".into(),
+            ));
+        }
+        if !(self.store.retention_hours.is_finite() && self.store.retention_hours > 0.0) {
+            return Err((
+                "store.retention_hours",
+                "must be a positive number of hours".into(),
+            ));
+        }
+        if self.quic.max_in_flight == 0 {
+            return Err(("quic.max_in_flight", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/aggregator.toml");
+        AggregatorConfig::load(&p).unwrap();
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agg.toml");
+        std::fs::write(&p, "[http]\nlisten = \"nowhere\"\n").unwrap();
+        let e = AggregatorConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("agg.toml") && e.contains("http.listen"), "{e}");
+        std::fs::write(&p, "[http]\nlisen = \"1\"\n").unwrap();
+        let e = AggregatorConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+    }
+}

@@ -1,0 +1,94 @@
+//! The HTTP API: the Prometheus-compatible query API and federation, the fleet API, health and
+//! the aggregator's own metrics. Bearer tokens on everything but `/healthz`, `/readyz` and (if
+//! configured) `/metrics`.
+
+mod auth;
+mod error;
+mod federate;
+mod fleet_api;
+mod query;
+
+pub use error::ApiError;
+
+use crate::state::AppState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::sync::Arc;
+
+/// The whole HTTP application.
+pub fn app(state: Arc<AppState>) -> Router {
+    let protected = Router::new()
+        .route(
+            "/api/v1/query",
+            get(query::instant).post(query::instant_form),
+        )
+        .route("/api/v1/status/buildinfo", get(query::buildinfo))
+        .route("/federate", get(federate::federate))
+        .route("/api/fleet/hosts", get(fleet_api::list))
+        .route("/api/fleet/hosts/{host}", get(fleet_api::one));
+    let protected = if state.config.http.metrics_public {
+        protected
+    } else {
+        protected.route("/metrics", get(own_metrics))
+    }
+    .route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
+    let public = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
+    let public = if state.config.http.metrics_public {
+        public.route("/metrics", get(own_metrics))
+    } else {
+        public
+    };
+    protected
+        .merge(public)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.is_ready() {
+        "ready\n".into_response()
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "starting: replaying the store\n",
+        )
+            .into_response()
+    }
+}
+
+async fn own_metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), resp.status().as_str()])
+        .inc();
+    resp
+}

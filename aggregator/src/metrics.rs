@@ -1,0 +1,96 @@
+//! The aggregator's own metrics (`fleetwatch_*`), declared in one place and served at `/metrics`.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Every metric the aggregator keeps about itself.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Agent connections accepted.
+    pub connections: IntCounter,
+    /// Agents connected now.
+    pub connected_agents: IntGauge,
+    /// Clients refused at the TLS handshake, by reason.
+    pub clients_refused: IntCounterVec,
+    /// Connections closed for a protocol or frame error, by reason.
+    pub protocol_errors: IntCounterVec,
+    /// Batches answered, by result (applied, duplicate, partial, rejected).
+    pub batches: IntCounterVec,
+    /// Samples stored.
+    pub samples_ingested: IntCounter,
+    /// Items refused by validation or limits, by reason.
+    pub items_refused: IntCounterVec,
+    /// Time from receiving a batch to acknowledging it (durable).
+    pub apply_seconds: Histogram,
+    /// Store errors (a batch not acknowledged).
+    pub store_errors: IntCounter,
+    /// Series in the store.
+    pub store_series: IntGauge,
+    /// Samples in the store.
+    pub store_samples: IntGauge,
+    /// Samples that arrived for a timestamp already stored.
+    pub store_replaced_samples: IntGauge,
+    /// Bytes in the write-ahead log.
+    pub wal_bytes: IntGauge,
+    /// Hosts by status.
+    pub hosts: IntGaugeVec,
+    /// HTTP requests, by route pattern and status code.
+    pub http_requests: IntCounterVec,
+    /// Revocation list reloads, by result.
+    pub crl_reloads: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric definitions are static and valid");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric names are unique");
+                m
+            }};
+        }
+        Self {
+            connections: reg!(IntCounter::new("fleetwatch_ingest_connections_total", "Agent connections accepted.")),
+            connected_agents: reg!(IntGauge::new("fleetwatch_ingest_connected_agents", "Agents connected now.")),
+            clients_refused: reg!(IntCounterVec::new(Opts::new("fleetwatch_ingest_clients_refused_total", "Clients refused at the TLS handshake, by reason (no_certificate, unknown_ca, expired, revoked, not_yet_valid, invalid, handshake)."), &["reason"])),
+            protocol_errors: reg!(IntCounterVec::new(Opts::new("fleetwatch_ingest_protocol_errors_total", "Agent connections closed for a malformed frame or a protocol violation, by reason."), &["reason"])),
+            batches: reg!(IntCounterVec::new(Opts::new("fleetwatch_ingest_batches_total", "Batches answered, by result (applied, duplicate, partial, rejected)."), &["result"])),
+            samples_ingested: reg!(IntCounter::new("fleetwatch_ingest_samples_total", "Samples stored.")),
+            items_refused: reg!(IntCounterVec::new(Opts::new("fleetwatch_ingest_items_refused_total", "Samples and records refused by validation or limits, by reason."), &["reason"])),
+            apply_seconds: reg!(Histogram::with_opts(HistogramOpts::new("fleetwatch_ingest_apply_seconds", "Time from receiving a batch to its durable acknowledgement.").buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]))),
+            store_errors: reg!(IntCounter::new("fleetwatch_store_errors_total", "Batches not acknowledged because the store failed.")),
+            store_series: reg!(IntGauge::new("fleetwatch_store_series", "Series in the store.")),
+            store_samples: reg!(IntGauge::new("fleetwatch_store_samples", "Samples in the store.")),
+            store_replaced_samples: reg!(IntGauge::new("fleetwatch_store_replaced_samples", "Samples that arrived for a timestamp already stored, since start (0 with exactly-once delivery).")),
+            wal_bytes: reg!(IntGauge::new("fleetwatch_store_wal_bytes", "Bytes in the write-ahead log.")),
+            hosts: reg!(IntGaugeVec::new(Opts::new("fleetwatch_fleet_hosts", "Known hosts, by status (up, stale, down)."), &["status"])),
+            http_requests: reg!(IntCounterVec::new(Opts::new("fleetwatch_http_requests_total", "HTTP requests, by route and status code."), &["route", "code"])),
+            crl_reloads: reg!(IntCounterVec::new(Opts::new("fleetwatch_pki_crl_reloads_total", "Revocation list reloads, by result."), &["result"])),
+            registry,
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

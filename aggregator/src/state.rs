@@ -1,0 +1,62 @@
+//! The state the aggregator's tasks share: store, fleet, metrics and settings.
+
+use crate::config::AggregatorConfig;
+use crate::fleet::Fleet;
+use crate::metrics::Metrics;
+use crate::store::Storage;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Bearer tokens and their roles.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    /// Full access.
+    pub admin: Option<String>,
+    /// Read-only access.
+    pub viewer: Option<String>,
+}
+
+/// Shared by ingest, HTTP and background tasks.
+pub struct AppState {
+    /// The store.
+    pub store: Arc<Storage>,
+    /// The fleet.
+    pub fleet: Arc<Fleet>,
+    /// Own metrics.
+    pub metrics: Metrics,
+    /// Settings.
+    pub config: AggregatorConfig,
+    /// API tokens.
+    pub tokens: Tokens,
+    ready: AtomicBool,
+}
+
+impl AppState {
+    /// New state, not yet ready.
+    pub fn new(
+        store: Arc<Storage>,
+        fleet: Arc<Fleet>,
+        metrics: Metrics,
+        config: AggregatorConfig,
+        tokens: Tokens,
+    ) -> Self {
+        Self {
+            store,
+            fleet,
+            metrics,
+            config,
+            tokens,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the aggregator ready (store replayed, listeners up).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether `/readyz` says yes.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
