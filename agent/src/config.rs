@@ -228,10 +228,10 @@ impl AgentConfig {
                 message: "must be at least 1".into(),
             });
         }
-        if self.buffer.max_bytes < 1024 * 1024 {
+        if self.buffer.max_bytes < 64 * 1024 {
             return Err(ConfigError::Invalid {
                 key: "buffer.max_bytes",
-                message: format!("{} is below the minimum of 1 MiB", self.buffer.max_bytes),
+                message: format!("{} is below the minimum of 64 KiB", self.buffer.max_bytes),
             });
         }
         Ok(())

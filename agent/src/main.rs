@@ -65,7 +65,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let agent = fleetwatch_agent::run::start(config)?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
@@ -76,5 +76,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         tracing::info!("stopping");
         agent.stop().await;
         Ok(())
-    })
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
 }

@@ -195,7 +195,7 @@ impl Shipper {
         let connecting = endpoint
             .connect_with(client_config, addr, &name)
             .map_err(|e| ShipError::Connect(address.into(), e))?;
-        let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+        let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
             .await
             .map_err(|_| ShipError::Timeout("the QUIC handshake"))??;
 

@@ -173,7 +173,8 @@ fn pki_command(command: PkiCommand) -> anyhow::Result<()> {
 fn run(path: PathBuf) -> anyhow::Result<()> {
     init_logs();
     let config = AggregatorConfig::load(&path)?;
-    runtime()?.block_on(async move {
+    let rt = runtime()?;
+    let result = rt.block_on(async move {
         let running = fleetwatch_aggregator::server::start(config).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
@@ -184,5 +185,8 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         tracing::info!("stopping");
         running.stop().await;
         Ok(())
-    })
+    });
+    // Blocking store writes finish quickly; do not wait on anything else.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
 }

@@ -40,7 +40,7 @@ impl RunningAggregator {
             t.abort();
         }
         self.state.fleet.flush();
-        self.endpoint.wait_idle().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }
 

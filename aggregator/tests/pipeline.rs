@@ -163,12 +163,12 @@ fn fresh_data_is_stored_before_the_backlog_finishes() {
 #[test]
 fn a_full_buffer_drops_the_oldest_and_counts_it() {
     let fleet = Fleet::new();
-    fleet.agent_config("tiny-1", 0.02, "[buffer]\nmax_bytes = 1048576\n");
+    fleet.agent_config("tiny-1", 0.02, "[buffer]\nmax_bytes = 131072\n");
     let started_ms = fleetwatch_common::model::now_ms();
     let mut agent = fleet.start_agent("tiny-1");
-    // No aggregator: ~50 collections a second fill 1 MiB quickly.
+    // No aggregator: ~50 collections a second overflow 128 KiB within seconds.
     let buffer_dir = fleet.path("agent-tiny-1/buffer");
-    std::thread::sleep(Duration::from_secs(25));
+    std::thread::sleep(Duration::from_secs(15));
     assert!(agent.is_running(), "agent died with a full buffer");
     assert!(buffer_dir.exists());
     let agg = fleet.start_aggregator();

@@ -172,10 +172,13 @@ pub struct ClientVerifierHandle {
     revoked: Arc<ArcSwap<Vec<Vec<u8>>>>,
 }
 
+/// Serial numbers on the revocation list in force.
+type RevokedSerials = Vec<Vec<u8>>;
+
 fn build_verifier(
     ca: &Path,
     crl: Option<&Path>,
-) -> Result<(Arc<dyn ClientCertVerifier>, Vec<Vec<u8>>), TlsError> {
+) -> Result<(Arc<dyn ClientCertVerifier>, RevokedSerials), TlsError> {
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider());
     let mut revoked = Vec::new();
     if let Some(crl) = crl {
@@ -202,7 +205,7 @@ impl ClientVerifierHandle {
     /// Whether `cert` is on the revocation list in force.
     pub fn is_revoked(&self, cert: &CertificateDer<'_>) -> bool {
         match pki::cert_serial(cert) {
-            Ok(serial) => self.revoked.load().iter().any(|s| *s == serial),
+            Ok(serial) => self.revoked.load().contains(&serial),
             Err(_) => false,
         }
     }

@@ -235,10 +235,22 @@ max_wait_seconds = 0.05
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!(
-            "timed out waiting for {what}\naggregator log tail:\n{}",
-            tail(&std::fs::read_to_string(self.path("aggregator.log")).unwrap_or_default())
-        );
+        let mut logs = String::new();
+        for entry in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == "log") {
+                logs.push_str(&format!(
+                    "--- {}\n{}\n",
+                    p.display(),
+                    tail(&std::fs::read_to_string(&p).unwrap_or_default())
+                ));
+            }
+        }
+        panic!("timed out waiting for {what}\n{logs}");
     }
 }
 
@@ -289,7 +301,7 @@ fn dechunk(mut body: &str) -> String {
             break;
         }
         out.push_str(&rest[..n]);
-        body = &rest[n..].trim_start_matches("\r\n");
+        body = rest[n..].trim_start_matches("\r\n");
     }
     out
 }
