@@ -124,6 +124,28 @@ fn parse(seq: u64, v: &[u8]) -> Option<Entry> {
     })
 }
 
+/// Opens sled, waiting briefly if a previous handle in this process is still releasing its file
+/// lock (sled's flusher thread outlives the handle for a moment).
+pub fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let result = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::LowSpace)
+            .open();
+        match result {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn key_seq(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(k.try_into().ok()?))
 }
@@ -132,12 +154,7 @@ impl Buffer {
     /// Opens (or creates) the buffer at `path`.
     pub fn open(path: &Path, config: BufferConfig) -> Result<Buffer, BufferError> {
         let err = |e| BufferError::Sled(path.to_path_buf(), e);
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(config.cache_bytes)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(err)?;
+        let db = open_sled(path, config.cache_bytes).map_err(err)?;
         let data = db.open_tree("batches").map_err(err)?;
         let meta = db.open_tree("meta").map_err(err)?;
         let buffer = Buffer {

@@ -74,11 +74,7 @@ pub struct Fleet {
 impl Fleet {
     /// Opens the fleet state under `dir`.
     pub fn open(dir: &Path, stale_after_ms: i64, down_after_ms: i64) -> Result<Self, sled::Error> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(4 * 1024 * 1024)
-            .mode(sled::Mode::LowSpace)
-            .open()?;
+        let db = fleetwatch_agent::buffer::open_sled(dir, 4 * 1024 * 1024)?;
         let tree = db.open_tree("hosts")?;
         let mut hosts = BTreeMap::new();
         for item in tree.iter() {
