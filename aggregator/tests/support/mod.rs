@@ -271,10 +271,18 @@ pub fn urlencode(s: &str) -> String {
 }
 
 pub fn http_get(port: u16, path_and_query: &str) -> std::io::Result<(u16, String)> {
+    http_get_with(port, path_and_query, TOKEN)
+}
+
+pub fn http_get_with(
+    port: u16,
+    path_and_query: &str,
+    token: &str,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path_and_query} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n")?;
+    write!(s, "GET {path_and_query} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).to_string();
