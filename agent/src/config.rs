@@ -266,6 +266,19 @@ mod tests {
     }
 
     #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "[buffer]\nmax_age_hours = 2.0\n").unwrap();
+        // A key no other test sets, so parallel tests are not affected.
+        std::env::set_var("FLEETWATCH_AGENT__BUFFER__CACHE_BYTES", "1234567");
+        let cfg = AgentConfig::load(&p).unwrap();
+        std::env::remove_var("FLEETWATCH_AGENT__BUFFER__CACHE_BYTES");
+        assert_eq!(cfg.buffer.cache_bytes, 1_234_567);
+        assert_eq!(cfg.buffer.max_age_hours, 2.0);
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.toml");

@@ -190,3 +190,25 @@ fn a_full_buffer_drops_the_oldest_and_counts_it() {
     agent.stop();
     agg.stop();
 }
+
+#[test]
+fn agent_fails_over_to_the_next_aggregator_address() {
+    let fleet = Fleet::new();
+    let cfg = fleet.agent_config("fo-1", 0.2, "");
+    // First address: nothing listens there.
+    let dead = free_udp_port();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "addresses = [\"127.0.0.1:",
+        &format!("addresses = [\"127.0.0.1:{dead}\", \"127.0.0.1:"),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let agg = fleet.start_aggregator();
+    let agent = fleet.start_agent("fo-1");
+    fleet.wait_for(
+        "data through the second address",
+        Duration::from_secs(40),
+        || stored_times(&fleet, "fo-1").len() >= 3,
+    );
+    agent.stop();
+    agg.stop();
+}
