@@ -168,21 +168,10 @@ fn positive(key: &'static str, v: f64) -> Result<(), ConfigError> {
 impl AgentConfig {
     /// Loads `path` (TOML) with environment overrides (`FLEETWATCH_AGENT__HOST__INTERVAL_SECONDS`).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let loaded = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("FLEETWATCH_AGENT")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .list_separator(",")
-                    .with_list_parse_key("aggregator.addresses")
-                    .try_parsing(true),
-            )
-            .build()
-            .and_then(|c| c.try_deserialize::<AgentConfig>())
-            .map_err(|e| ConfigError::Load {
+        let loaded: AgentConfig = load_toml(path, "FLEETWATCH_AGENT", &["aggregator.addresses"])
+            .map_err(|message| ConfigError::Load {
                 path: path.display().to_string(),
-                message: e.to_string(),
+                message,
             })?;
         loaded.validate()?;
         Ok(loaded)
@@ -236,6 +225,31 @@ impl AgentConfig {
         }
         Ok(())
     }
+}
+
+/// Reads a TOML file into `T` with environment overrides `PREFIX__SECTION__KEY`; `list_keys`
+/// take comma-separated lists. Shared by the agent's and the aggregator's configuration.
+pub fn load_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    env_prefix: &str,
+    list_keys: &[&str],
+) -> Result<T, String> {
+    let mut env = config::Environment::with_prefix(env_prefix)
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true);
+    if !list_keys.is_empty() {
+        env = env.list_separator(",");
+        for key in list_keys {
+            env = env.with_list_parse_key(key);
+        }
+    }
+    config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(env)
+        .build()
+        .and_then(|c| c.try_deserialize::<T>())
+        .map_err(|e| e.to_string())
 }
 
 /// Seconds as a `Duration`, saturating on nonsense.

@@ -197,20 +197,13 @@ pub enum ConfigError {
 impl AggregatorConfig {
     /// Loads `path` (TOML) with environment overrides (`FLEETWATCH_AGGREGATOR__HTTP__LISTEN`).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let cfg = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("FLEETWATCH_AGGREGATOR")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-            .build()
-            .and_then(|c| c.try_deserialize::<AggregatorConfig>())
-            .map_err(|e| ConfigError::Load {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+        let cfg: AggregatorConfig =
+            fleetwatch_agent::config::load_toml(path, "FLEETWATCH_AGGREGATOR", &[]).map_err(
+                |message| ConfigError::Load {
+                    path: path.display().to_string(),
+                    message,
+                },
+            )?;
         cfg.validate()
             .map_err(|(key, message)| ConfigError::Invalid {
                 path: path.display().to_string(),

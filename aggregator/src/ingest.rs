@@ -336,25 +336,20 @@ async fn handle_batch(
                     }
                 }
                 Ok(Ok(crate::store::ApplyOutcome::Duplicate)) => AckStatus::Duplicate,
-                Ok(Err(error)) => {
+                result => {
                     // Not durable: no acknowledgement; the agent sends it again.
+                    let error = match result {
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.to_string(),
+                        Ok(Ok(_)) => unreachable!("handled above"),
+                    };
                     state.metrics.store_errors.inc();
                     warn!(%error, %host, seq, "store failed; batch not acknowledged");
                     let _ = send.reset(1u32.into());
                     server
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .finish_batch(seq, AckStatus::Applied);
-                    return Ok(());
-                }
-                Err(error) => {
-                    state.metrics.store_errors.inc();
-                    warn!(%error, "store task failed");
-                    let _ = send.reset(1u32.into());
-                    server
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .finish_batch(seq, AckStatus::Applied);
+                        .forget_batch();
                     return Ok(());
                 }
             }

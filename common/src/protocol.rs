@@ -238,6 +238,11 @@ impl ServerConn {
         Message::Ack(Ack { seq, status })
     }
 
+    /// A batch stream ended without an acknowledgement (the store failed; the agent resends).
+    pub fn forget_batch(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
     /// Batch streams currently being processed.
     pub fn in_flight(&self) -> usize {
         self.in_flight
