@@ -177,6 +177,16 @@ impl Shipper {
     ) -> Result<(), ShipError> {
         let tls = tls::client_config(&self.link.ca, &self.link.cert, &self.link.key)
             .map_err(|e| ShipError::Tls(e.to_string()))?;
+        if let Some(expiry) = fleetwatch_common::pki::load_certs(&self.link.cert)
+            .ok()
+            .and_then(|certs| fleetwatch_common::pki::cert_not_after(certs.first()?).ok())
+        {
+            let left = match expiry.duration_since(std::time::SystemTime::now()) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            self.metrics.cert_expiry_seconds.set(left);
+        }
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| ShipError::Tls(e.to_string()))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(quic));

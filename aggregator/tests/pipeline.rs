@@ -209,6 +209,18 @@ fn agent_fails_over_to_the_next_aggregator_address() {
         Duration::from_secs(40),
         || stored_times(&fleet, "fo-1").len() >= 3,
     );
+    // The agent reports its certificate's remaining life (issued for 30 days by the harness).
+    fleet.wait_for(
+        "the certificate expiry metric",
+        Duration::from_secs(20),
+        || {
+            fleet
+                .query("fleetwatch_agent_certificate_expiry_seconds{host=\"fo-1\"}")
+                .first()
+                .and_then(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+                .is_some_and(|v| v > 29.0 * 86_400.0 && v <= 30.0 * 86_400.0)
+        },
+    );
     agent.stop();
     agg.stop();
 }
