@@ -1,8 +1,8 @@
 //! fleetwatch-aggregator: receives agents' batches over mutual-TLS QUIC, stores them durably,
 //! keeps the fleet's state and serves the Prometheus-compatible HTTP API.
 //!
-//! Data flows [`ingest`] → [`store`] (write-ahead log, then index) → [`http`]; [`fleet`] tracks
-//! who is up. [`server`] wires it together; [`demo`] runs it with a local agent.
+//! Data flows [`ingest`] → [`store`] (write-ahead log, then index) → [`promql`] → [`http`];
+//! [`fleet`] tracks who is up. [`server`] wires it together; [`demo`] runs it with a local agent.
 
 pub mod config;
 pub mod demo;
@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod promql;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -22,6 +22,15 @@ impl ApiError {
         }
     }
 
+    /// A valid query that cannot be evaluated on this data (422, `execution`).
+    pub fn execution(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            kind: "execution",
+            message: message.into(),
+        }
+    }
+
     /// Missing or wrong token (401).
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self {
@@ -61,5 +70,14 @@ impl IntoResponse for ApiError {
             "error": self.message,
         });
         (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<crate::promql::QueryError> for ApiError {
+    fn from(e: crate::promql::QueryError) -> Self {
+        match e {
+            crate::promql::QueryError::BadData(m) => ApiError::bad_data(m),
+            crate::promql::QueryError::Execution(m) => ApiError::execution(m),
+        }
     }
 }

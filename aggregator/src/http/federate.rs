@@ -1,8 +1,9 @@
 //! `/federate`: the latest sample of every series matching `match[]`, in the Prometheus text
 //! format, for a Prometheus that scrapes the fleet.
 
-use super::query::{is_stale_marker, LOOKBACK_MS};
+use super::query::LOOKBACK_MS;
 use super::ApiError;
+use crate::promql::is_stale_marker;
 use crate::state::AppState;
 use axum::extract::{Query, State};
 use axum::http::header;

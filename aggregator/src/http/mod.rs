@@ -25,6 +25,20 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/api/v1/query",
             get(query::instant).post(query::instant_form),
         )
+        .route(
+            "/api/v1/query_range",
+            get(query::range).post(query::range_form),
+        )
+        .route(
+            "/api/v1/series",
+            get(query::series).post(query::series_form),
+        )
+        .route(
+            "/api/v1/labels",
+            get(query::labels).post(query::labels_form),
+        )
+        .route("/api/v1/label/{name}/values", get(query::label_values))
+        .route("/api/v1/metadata", get(query::metadata))
         .route("/api/v1/status/buildinfo", get(query::buildinfo))
         .route("/federate", get(federate::federate))
         .route("/api/fleet/hosts", get(fleet_api::list))

@@ -1,31 +1,39 @@
-//! `/api/v1/query`: Prometheus' instant query API over the first store. This store answers
-//! series selectors (instant and range vectors, with all four matcher kinds, `offset` and `@`)
-//! and literals; full PromQL evaluation arrives with the time-series store.
+//! Prometheus' query API: `/api/v1/query`, `/api/v1/query_range`, `/api/v1/series`,
+//! `/api/v1/labels`, `/api/v1/label/NAME/values`, `/api/v1/metadata` and
+//! `/api/v1/status/buildinfo`, with Prometheus' parameters (GET query string or POST form),
+//! JSON and error envelopes. Evaluation is [`crate::promql`]'s, on a blocking thread.
 
 use super::ApiError;
+use crate::promql::{self, Labels, QueryValue, Settings};
 use crate::state::AppState;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::{Form, Json};
-use fleetwatch_common::model::{now_ms, Sample, Series};
-use promql_parser::label::{MatchOp, Matcher};
-use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
-use serde::Deserialize;
+use fleetwatch_common::model::{now_ms, MetricKind};
+use promql_parser::label::Matcher;
+use promql_parser::parser::{self, Expr};
 use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
 
 /// Prometheus' default lookback for instant vectors.
 pub(crate) const LOOKBACK_MS: i64 = 5 * 60 * 1000;
 
-/// Query parameters, as Prometheus names them.
-#[derive(Debug, Deserialize)]
-pub(super) struct QueryParams {
-    query: Option<String>,
-    time: Option<String>,
+/// Request parameters in order, repeated keys (`match[]`) kept.
+type Params = Vec<(String, String)>;
+
+fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, v)| k == name && !v.is_empty())
+        .map(|(_, v)| v.as_str())
 }
 
 /// Parses Prometheus' time parameter: Unix seconds (float) or RFC 3339.
 pub(crate) fn parse_time(s: &str) -> Result<i64, ApiError> {
+    parse_time_named(s, "time")
+}
+
+fn parse_time_named(s: &str, name: &str) -> Result<i64, ApiError> {
     if let Ok(secs) = s.parse::<f64>() {
         if secs.is_finite() {
             return Ok((secs * 1000.0).round() as i64);
@@ -33,9 +41,56 @@ pub(crate) fn parse_time(s: &str) -> Result<i64, ApiError> {
     }
     parse_rfc3339(s).ok_or_else(|| {
         ApiError::bad_data(format!(
-            "invalid parameter \"time\": cannot parse {s:?} to a valid timestamp"
+            "invalid parameter \"{name}\": cannot parse {s:?} to a valid timestamp"
         ))
     })
+}
+
+/// Parses a duration parameter: float seconds or a Prometheus duration such as `1m30s`.
+fn parse_duration(s: &str, name: &str) -> Result<i64, ApiError> {
+    let bad = || {
+        ApiError::bad_data(format!(
+            "invalid parameter \"{name}\": cannot parse {s:?} to a valid duration"
+        ))
+    };
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs * 1000.0 < i64::MAX as f64 {
+            return Ok((secs * 1000.0).round() as i64);
+        }
+        return Err(bad());
+    }
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0i64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: i64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "y" => 31_536_000_000,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` to milliseconds since the epoch.
@@ -106,10 +161,9 @@ pub(crate) fn format_value(v: f64) -> String {
     }
 }
 
-fn metric_json(series: &Series) -> Value {
+fn labels_json(labels: &Labels) -> Value {
     let mut m = serde_json::Map::new();
-    m.insert("__name__".into(), Value::String(series.name.clone()));
-    for l in &series.labels {
+    for l in labels.iter() {
         m.insert(l.name.clone(), Value::String(l.value.clone()));
     }
     Value::Object(m)
@@ -119,128 +173,326 @@ fn point(ts_ms: i64, v: f64) -> Value {
     json!([ts_ms as f64 / 1000.0, format_value(v)])
 }
 
-/// The evaluation time of a selector after `@` and `offset`.
-fn selector_time(vs: &VectorSelector, eval_ms: i64) -> i64 {
-    let base = match &vs.at {
-        Some(AtModifier::At(t)) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => d.as_millis() as i64,
-            Err(e) => -(e.duration().as_millis() as i64),
-        },
-        // a single instant query: start and end are the evaluation time
-        Some(AtModifier::Start) | Some(AtModifier::End) | None => eval_ms,
-    };
-    match &vs.offset {
-        Some(Offset::Pos(d)) => base - d.as_millis() as i64,
-        Some(Offset::Neg(d)) => base + d.as_millis() as i64,
-        None => base,
+/// A query result as Prometheus' `data` object.
+fn data_json(value: QueryValue) -> Value {
+    match value {
+        QueryValue::Scalar { t, v } => json!({ "resultType": "scalar", "result": point(t, v) }),
+        QueryValue::String { t, v } => {
+            json!({ "resultType": "string", "result": [t as f64 / 1000.0, v] })
+        }
+        QueryValue::Vector { t, elems } => {
+            let result: Vec<Value> = elems
+                .iter()
+                .map(|(l, v)| json!({ "metric": labels_json(l), "value": point(t, *v) }))
+                .collect();
+            json!({ "resultType": "vector", "result": result })
+        }
+        QueryValue::Matrix(series) => {
+            let result: Vec<Value> = series
+                .iter()
+                .map(|s| {
+                    let values: Vec<Value> = s
+                        .samples
+                        .iter()
+                        .map(|p| point(p.timestamp_ms, p.value))
+                        .collect();
+                    json!({ "metric": labels_json(&s.labels), "values": values })
+                })
+                .collect();
+            json!({ "resultType": "matrix", "result": result })
+        }
     }
 }
 
-fn matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, ApiError> {
-    if !vs.matchers.or_matchers.is_empty() {
-        return Err(ApiError::bad_data(
-            "\"or\" inside a selector is not supported",
-        ));
+fn settings() -> Settings {
+    Settings {
+        lookback_ms: LOOKBACK_MS,
+        ..Settings::default()
     }
-    let mut out = vs.matchers.matchers.clone();
-    if let Some(name) = &vs.name {
-        out.push(Matcher::new(MatchOp::Equal, "__name__", name));
-    }
-    Ok(out)
+}
+
+fn required_query(params: &Params) -> Result<String, ApiError> {
+    param(params, "query")
+        .filter(|q| !q.trim().is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::bad_data("invalid parameter \"query\": missing query"))
+}
+
+/// Runs CPU-bound evaluation off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("query task failed: {e}")))?
+}
+
+fn success(data: Value) -> Json<Value> {
+    Json(json!({ "status": "success", "data": data }))
 }
 
 /// Evaluates `query` at `eval_ms` into Prometheus' `data` object.
 pub(crate) fn evaluate(state: &AppState, query: &str, eval_ms: i64) -> Result<Value, ApiError> {
-    let expr = parser::parse(query)
-        .map_err(|e| ApiError::bad_data(format!("invalid parameter \"query\": {e}")))?;
-    let t = eval_ms as f64 / 1000.0;
-    match expr {
-        Expr::VectorSelector(vs) => {
-            let at = selector_time(&vs, eval_ms);
-            let result: Vec<Value> = state
-                .store
-                .select(&matchers(&vs)?, at - LOOKBACK_MS + 1, at)
-                .into_iter()
-                .filter_map(|(series, _, samples)| latest(&samples).map(|s| (series, s)))
-                .map(|(series, s)| json!({ "metric": metric_json(&series), "value": point(eval_ms, s.value) }))
-                .collect();
-            Ok(json!({ "resultType": "vector", "result": result }))
-        }
-        Expr::MatrixSelector(ms) => {
-            let at = selector_time(&ms.vs, eval_ms);
-            let range = ms.range.as_millis() as i64;
-            let result: Vec<Value> = state
-                .store
-                .select(&matchers(&ms.vs)?, at - range + 1, at)
-                .into_iter()
-                .map(|(series, _, samples)| {
-                    let values: Vec<Value> = samples.iter().map(|s| point(s.timestamp_ms, s.value)).collect();
-                    json!({ "metric": metric_json(&series), "values": values })
-                })
-                .collect();
-            Ok(json!({ "resultType": "matrix", "result": result }))
-        }
-        Expr::NumberLiteral(n) => Ok(json!({ "resultType": "scalar", "result": [t, format_value(n.val)] })),
-        Expr::StringLiteral(s) => Ok(json!({ "resultType": "string", "result": [t, s.val] })),
-        Expr::Paren(p) => evaluate(state, &p.expr.to_string(), eval_ms),
-        other => Err(ApiError::bad_data(format!(
-            "this aggregator evaluates series selectors and literals; {:?} expressions need the PromQL engine (not in this version): {other}",
-            expr_kind(&other)
-        ))),
-    }
+    Ok(data_json(promql::instant(
+        state.store.as_ref(),
+        settings(),
+        query,
+        eval_ms,
+    )?))
 }
 
-fn expr_kind(e: &Expr) -> &'static str {
-    match e {
-        Expr::Aggregate(_) => "aggregation",
-        Expr::Unary(_) => "unary",
-        Expr::Binary(_) => "binary",
-        Expr::Subquery(_) => "subquery",
-        Expr::Call(_) => "function call",
-        _ => "other",
-    }
-}
-
-/// The newest sample unless it is a staleness marker.
-fn latest(samples: &[Sample]) -> Option<Sample> {
-    samples
-        .last()
-        .copied()
-        .filter(|s| !is_stale_marker(s.value))
-}
-
-/// Prometheus' staleness marker NaN (0x7ff0000000000002).
-pub(crate) fn is_stale_marker(v: f64) -> bool {
-    v.to_bits() == 0x7ff0_0000_0000_0002
-}
-
-fn run(state: &AppState, params: QueryParams) -> Result<Json<Value>, ApiError> {
-    let query = params
-        .query
-        .filter(|q| !q.trim().is_empty())
-        .ok_or_else(|| ApiError::bad_data("invalid parameter \"query\": missing query"))?;
-    let eval_ms = match params.time.as_deref() {
-        Some(t) if !t.is_empty() => parse_time(t)?,
-        _ => now_ms(),
+async fn run_instant(state: Arc<AppState>, params: Params) -> Result<Json<Value>, ApiError> {
+    let query = required_query(&params)?;
+    let eval_ms = match param(&params, "time") {
+        Some(t) => parse_time(t)?,
+        None => now_ms(),
     };
-    let data = evaluate(state, &query, eval_ms)?;
-    Ok(Json(json!({ "status": "success", "data": data })))
+    blocking(move || evaluate(&state, &query, eval_ms))
+        .await
+        .map(success)
+}
+
+async fn run_range(state: Arc<AppState>, params: Params) -> Result<Json<Value>, ApiError> {
+    let query = required_query(&params)?;
+    let start = parse_time_named(
+        param(&params, "start")
+            .ok_or_else(|| ApiError::bad_data("invalid parameter \"start\": missing"))?,
+        "start",
+    )?;
+    let end = parse_time_named(
+        param(&params, "end")
+            .ok_or_else(|| ApiError::bad_data("invalid parameter \"end\": missing"))?,
+        "end",
+    )?;
+    let step = parse_duration(
+        param(&params, "step")
+            .ok_or_else(|| ApiError::bad_data("invalid parameter \"step\": missing"))?,
+        "step",
+    )?;
+    blocking(move || {
+        Ok(data_json(promql::range(
+            state.store.as_ref(),
+            settings(),
+            &query,
+            start,
+            end,
+            step,
+        )?))
+    })
+    .await
+    .map(success)
 }
 
 /// `GET /api/v1/query`.
 pub(super) async fn instant(
     State(state): State<Arc<AppState>>,
-    Query(params): Query<QueryParams>,
+    Query(params): Query<Params>,
 ) -> Result<Json<Value>, ApiError> {
-    run(&state, params)
+    run_instant(state, params).await
 }
 
 /// `POST /api/v1/query` (form-encoded, as Grafana sends it).
 pub(super) async fn instant_form(
     State(state): State<Arc<AppState>>,
-    Form(params): Form<QueryParams>,
+    Form(params): Form<Params>,
 ) -> Result<Json<Value>, ApiError> {
-    run(&state, params)
+    run_instant(state, params).await
+}
+
+/// `GET /api/v1/query_range`.
+pub(super) async fn range(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<Params>,
+) -> Result<Json<Value>, ApiError> {
+    run_range(state, params).await
+}
+
+/// `POST /api/v1/query_range`.
+pub(super) async fn range_form(
+    State(state): State<Arc<AppState>>,
+    Form(params): Form<Params>,
+) -> Result<Json<Value>, ApiError> {
+    run_range(state, params).await
+}
+
+/// The `match[]` selectors of a request as matcher lists.
+fn match_params(params: &Params) -> Result<Vec<Vec<Matcher>>, ApiError> {
+    params
+        .iter()
+        .filter(|(k, _)| k == "match[]")
+        .map(|(_, sel)| match parser::parse(sel) {
+            Ok(Expr::VectorSelector(vs)) => Ok(promql::selector_matchers(&vs)?),
+            Ok(_) => Err(ApiError::bad_data(format!(
+                "invalid parameter \"match[]\": {sel:?} is not a series selector"
+            ))),
+            Err(e) => Err(ApiError::bad_data(format!(
+                "invalid parameter \"match[]\": {sel:?}: {e}"
+            ))),
+        })
+        .collect()
+}
+
+/// `start`/`end` of the metadata endpoints; all time when absent.
+fn time_bounds(params: &Params) -> Result<(i64, i64), ApiError> {
+    let start = match param(params, "start") {
+        Some(s) => parse_time_named(s, "start")?,
+        None => i64::MIN / 4,
+    };
+    let end = match param(params, "end") {
+        Some(s) => parse_time_named(s, "end")?,
+        None => i64::MAX / 4,
+    };
+    Ok((start, end))
+}
+
+/// Every series with data in the bounds matching any of `selectors` (everything when there is
+/// none), deduplicated and sorted.
+fn matching_series(
+    state: &AppState,
+    selectors: &[Vec<Matcher>],
+    start: i64,
+    end: i64,
+) -> BTreeMap<Labels, MetricKind> {
+    let everything = vec![vec![Matcher::new(
+        promql_parser::label::MatchOp::Re(regex::Regex::new("^(?:.+)$").expect("valid")),
+        "__name__",
+        ".+",
+    )]];
+    let selectors = if selectors.is_empty() {
+        &everything
+    } else {
+        selectors
+    };
+    let mut out = BTreeMap::new();
+    for matchers in selectors {
+        for (series, kind, _) in state.store.select(matchers, start, end) {
+            out.insert(promql::labels_of(&series), kind);
+        }
+    }
+    out
+}
+
+async fn run_series(state: Arc<AppState>, params: Params) -> Result<Json<Value>, ApiError> {
+    let selectors = match_params(&params)?;
+    if selectors.is_empty() {
+        return Err(ApiError::bad_data("no match[] parameter provided"));
+    }
+    let (start, end) = time_bounds(&params)?;
+    blocking(move || {
+        let found = matching_series(&state, &selectors, start, end);
+        Ok(Value::Array(found.keys().map(labels_json).collect()))
+    })
+    .await
+    .map(success)
+}
+
+/// `GET /api/v1/series`.
+pub(super) async fn series(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<Params>,
+) -> Result<Json<Value>, ApiError> {
+    run_series(state, params).await
+}
+
+/// `POST /api/v1/series`.
+pub(super) async fn series_form(
+    State(state): State<Arc<AppState>>,
+    Form(params): Form<Params>,
+) -> Result<Json<Value>, ApiError> {
+    run_series(state, params).await
+}
+
+async fn run_labels(state: Arc<AppState>, params: Params) -> Result<Json<Value>, ApiError> {
+    let selectors = match_params(&params)?;
+    let (start, end) = time_bounds(&params)?;
+    blocking(move || {
+        let names: BTreeSet<String> = matching_series(&state, &selectors, start, end)
+            .keys()
+            .flat_map(|l| l.iter().map(|l| l.name.clone()).collect::<Vec<_>>())
+            .collect();
+        Ok(json!(names))
+    })
+    .await
+    .map(success)
+}
+
+/// `GET /api/v1/labels`.
+pub(super) async fn labels(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<Params>,
+) -> Result<Json<Value>, ApiError> {
+    run_labels(state, params).await
+}
+
+/// `POST /api/v1/labels`.
+pub(super) async fn labels_form(
+    State(state): State<Arc<AppState>>,
+    Form(params): Form<Params>,
+) -> Result<Json<Value>, ApiError> {
+    run_labels(state, params).await
+}
+
+/// `GET /api/v1/label/{name}/values`.
+pub(super) async fn label_values(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(params): Query<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let selectors = match_params(&params)?;
+    let (start, end) = time_bounds(&params)?;
+    blocking(move || {
+        let values: BTreeSet<String> = matching_series(&state, &selectors, start, end)
+            .keys()
+            .filter_map(|l| crate::promql::label_value(l, &name).map(str::to_string))
+            .collect();
+        Ok(json!(values))
+    })
+    .await
+    .map(success)
+}
+
+/// `GET /api/v1/metadata`: the type of every metric name (`metric` and `limit` honoured).
+pub(super) async fn metadata(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let metric = param(&params, "metric").map(str::to_string);
+    let limit = match param(&params, "limit") {
+        Some(l) => Some(l.parse::<usize>().map_err(|_| {
+            ApiError::bad_data(format!(
+                "invalid parameter \"limit\": {l:?} is not a number"
+            ))
+        })?),
+        None => None,
+    };
+    blocking(move || {
+        let selectors = match &metric {
+            Some(m) => vec![vec![Matcher::new(
+                promql_parser::label::MatchOp::Equal,
+                "__name__",
+                m,
+            )]],
+            None => Vec::new(),
+        };
+        let mut by_name: BTreeMap<String, MetricKind> = BTreeMap::new();
+        for (labels, kind) in matching_series(&state, &selectors, i64::MIN / 4, i64::MAX / 4) {
+            if let Some(name) = crate::promql::label_value(&labels, "__name__") {
+                by_name.entry(name.to_string()).or_insert(kind);
+            }
+        }
+        let mut out = serde_json::Map::new();
+        for (name, kind) in by_name.into_iter().take(limit.unwrap_or(usize::MAX)) {
+            let kind = match kind {
+                MetricKind::Counter => "counter",
+                MetricKind::Gauge => "gauge",
+                MetricKind::Untyped => "unknown",
+            };
+            out.insert(name, json!([{ "type": kind, "help": "", "unit": "" }]));
+        }
+        Ok(Value::Object(out))
+    })
+    .await
+    .map(success)
 }
 
 /// `GET /api/v1/status/buildinfo`.
@@ -274,6 +526,16 @@ mod tests {
             1_700_000_000_250
         );
         assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn durations_parse_like_prometheus() {
+        assert_eq!(parse_duration("15", "step").unwrap(), 15_000);
+        assert_eq!(parse_duration("0.5", "step").unwrap(), 500);
+        assert_eq!(parse_duration("1m30s", "step").unwrap(), 90_000);
+        assert_eq!(parse_duration("2h", "step").unwrap(), 7_200_000);
+        assert!(parse_duration("1x", "step").is_err());
+        assert!(parse_duration("", "step").is_err());
     }
 
     #[test]

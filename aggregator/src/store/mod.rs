@@ -437,3 +437,20 @@ mod tests {
         );
     }
 }
+
+impl crate::promql::SeriesSource for Storage {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<crate::promql::RangeSeries> {
+        Storage::select(self, matchers, start_ms, end_ms)
+            .into_iter()
+            .map(|(series, _, samples)| crate::promql::RangeSeries {
+                labels: crate::promql::labels_of(&series),
+                samples,
+            })
+            .collect()
+    }
+}

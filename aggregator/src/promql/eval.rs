@@ -1,0 +1,401 @@
+//! The evaluator: walks a parsed expression over every step of an evaluation range, the way
+//! Prometheus' engine does (lookback and staleness for instant selectors, inclusive range
+//! windows, `offset` and `@`, subqueries aligned to their step).
+
+use super::value::{self, Elem, Evaluated, Labels, RangeSeries, Vector};
+use super::{aggregate, binary, functions, QueryError};
+use promql_parser::label::{MatchOp, Matcher};
+use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Where the evaluator reads series from.
+pub trait SeriesSource {
+    /// Series matching every matcher, with their samples in `[start_ms, end_ms]` in timestamp
+    /// order (staleness markers included).
+    fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<RangeSeries>;
+}
+
+/// The subquery step when the query gives none (Prometheus' default evaluation interval).
+pub(super) const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+
+/// Evaluation settings shared by a query and its subqueries.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How far back an instant selector looks for a sample (Prometheus: 5 minutes).
+    pub lookback_ms: i64,
+    /// Most samples a query may load before it is refused.
+    pub max_samples: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            lookback_ms: 5 * 60 * 1000,
+            max_samples: 50_000_000,
+        }
+    }
+}
+
+/// Evaluates expressions at `start, start + step, ..., end`.
+pub(super) struct Evaluator<'a> {
+    source: &'a dyn SeriesSource,
+    settings: Settings,
+    start: i64,
+    end: i64,
+    step: i64,
+    /// The top-level query's start and end, for `@ start()` and `@ end()`.
+    query_start: i64,
+    query_end: i64,
+    loaded: &'a Cell<usize>,
+}
+
+/// A range input (matrix selector or subquery) with how each step windows it.
+pub(super) struct RangeInput {
+    /// The series with their samples.
+    pub series: Vec<RangeSeries>,
+    /// Window length.
+    pub range_ms: i64,
+    /// Fixed evaluation time from `@`, if any.
+    pub at_ms: Option<i64>,
+    /// Offset.
+    pub offset_ms: i64,
+}
+
+impl RangeInput {
+    /// The end of the window for step time `t`.
+    pub(super) fn window_end(&self, t: i64) -> i64 {
+        self.at_ms.unwrap_or(t) - self.offset_ms
+    }
+}
+
+/// Milliseconds of a duration.
+pub(super) fn ms(d: &Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        Some(Offset::Pos(d)) => ms(d),
+        Some(Offset::Neg(d)) => -ms(d),
+        None => 0,
+    }
+}
+
+/// The matchers of a selector, with the metric name as a `__name__` matcher.
+pub fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, QueryError> {
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err(QueryError::BadData(
+            "\"or\" inside a selector's braces is not supported".into(),
+        ));
+    }
+    let mut out = vs.matchers.matchers.clone();
+    if let Some(name) = &vs.name {
+        out.push(Matcher::new(MatchOp::Equal, value::NAME, name));
+    }
+    Ok(out)
+}
+
+/// Removes any number of parentheses around an expression.
+pub(super) fn unparen(mut e: &Expr) -> &Expr {
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    e
+}
+
+impl<'a> Evaluator<'a> {
+    /// An evaluator for the steps `start..=end` every `step` ms.
+    pub(super) fn new(
+        source: &'a dyn SeriesSource,
+        settings: Settings,
+        start: i64,
+        end: i64,
+        step: i64,
+        loaded: &'a Cell<usize>,
+    ) -> Self {
+        Evaluator {
+            source,
+            settings,
+            start,
+            end,
+            step: step.max(1),
+            query_start: start,
+            query_end: end,
+            loaded,
+        }
+    }
+
+    /// The step times.
+    pub(super) fn times(&self) -> Vec<i64> {
+        let mut out = Vec::with_capacity(self.steps());
+        let mut t = self.start;
+        while t <= self.end {
+            out.push(t);
+            t += self.step;
+        }
+        out
+    }
+
+    /// How many steps.
+    pub(super) fn steps(&self) -> usize {
+        if self.end < self.start {
+            0
+        } else {
+            ((self.end - self.start) / self.step) as usize + 1
+        }
+    }
+
+    fn at_ms(&self, at: &Option<AtModifier>) -> Option<i64> {
+        match at {
+            Some(AtModifier::At(t)) => Some(match t.duration_since(UNIX_EPOCH) {
+                Ok(d) => d.as_millis() as i64,
+                Err(e) => -(e.duration().as_millis() as i64),
+            }),
+            Some(AtModifier::Start) => Some(self.query_start),
+            Some(AtModifier::End) => Some(self.query_end),
+            None => None,
+        }
+    }
+
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<RangeSeries>, QueryError> {
+        let series = self.source.select(matchers, start, end);
+        let n: usize = series.iter().map(|s| s.samples.len()).sum();
+        let total = self.loaded.get() + n;
+        self.loaded.set(total);
+        if total > self.settings.max_samples {
+            return Err(QueryError::Execution(
+                "query processing would load too many samples into memory in query execution"
+                    .into(),
+            ));
+        }
+        Ok(series)
+    }
+
+    /// Evaluates `expr` at every step.
+    pub(super) fn eval(&self, expr: &Expr) -> Result<Evaluated, QueryError> {
+        match expr {
+            Expr::NumberLiteral(n) => Ok(Evaluated::Scalar(vec![n.val; self.steps()])),
+            Expr::StringLiteral(s) => Ok(Evaluated::String(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr),
+            Expr::Unary(u) => match self.eval(&u.expr)? {
+                Evaluated::Scalar(v) => Ok(Evaluated::Scalar(v.into_iter().map(|x| -x).collect())),
+                Evaluated::Vector(steps) => {
+                    let out: Vec<Vector> = steps
+                        .into_iter()
+                        .map(|vec| {
+                            vec.into_iter()
+                                .map(|e| Elem {
+                                    labels: value::drop_name(&e.labels),
+                                    value: -e.value,
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    check_unique(&out)?;
+                    Ok(Evaluated::Vector(out))
+                }
+                Evaluated::String(_) => Err(QueryError::BadData(
+                    "unary expression only allowed on expressions of type scalar or instant vector"
+                        .into(),
+                )),
+            },
+            Expr::VectorSelector(vs) => Ok(Evaluated::Vector(self.eval_selector(vs)?)),
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => Err(QueryError::BadData(
+                "a range vector is only allowed as a function argument or as the whole query"
+                    .into(),
+            )),
+            Expr::Call(call) => functions::call(self, call),
+            Expr::Aggregate(agg) => aggregate::aggregate(self, agg),
+            Expr::Binary(b) => binary::binary(self, b),
+            Expr::Extension(_) => Err(QueryError::BadData(
+                "extension expressions are not supported".into(),
+            )),
+        }
+    }
+
+    /// An instant selector at every step: the newest sample within the lookback window, unless
+    /// it is a staleness marker.
+    pub(super) fn eval_selector(&self, vs: &VectorSelector) -> Result<Vec<Vector>, QueryError> {
+        Ok(self
+            .eval_selector_with_times(vs)?
+            .into_iter()
+            .map(|v| v.into_iter().map(|(e, _)| e).collect())
+            .collect())
+    }
+
+    /// Like [`Self::eval_selector`], with each sample's own timestamp (for `timestamp()`).
+    pub(super) fn eval_selector_with_times(
+        &self,
+        vs: &VectorSelector,
+    ) -> Result<Vec<Vec<(Elem, i64)>>, QueryError> {
+        let matchers = selector_matchers(vs)?;
+        let at = self.at_ms(&vs.at);
+        let off = offset_ms(&vs.offset);
+        let times = self.times();
+        let mut out: Vec<Vec<(Elem, i64)>> = vec![Vec::new(); times.len()];
+        if times.is_empty() {
+            return Ok(out);
+        }
+        let (lo, hi) = match at {
+            Some(a) => (a - off, a - off),
+            None => (self.start - off, self.end - off),
+        };
+        let lookback = self.settings.lookback_ms;
+        for s in self.select(&matchers, lo - lookback, hi)? {
+            let mut next = 0;
+            for (k, &t) in times.iter().enumerate() {
+                let r = at.unwrap_or(t) - off;
+                while next < s.samples.len() && s.samples[next].timestamp_ms <= r {
+                    next += 1;
+                }
+                let Some(sample) = next.checked_sub(1).map(|i| s.samples[i]) else {
+                    continue;
+                };
+                if sample.timestamp_ms < r - lookback || value::is_stale_marker(sample.value) {
+                    continue;
+                }
+                out[k].push((
+                    Elem {
+                        labels: s.labels.clone(),
+                        value: sample.value,
+                    },
+                    sample.timestamp_ms,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A matrix selector or subquery, loaded for every step's window.
+    pub(super) fn eval_range_input(&self, expr: &Expr) -> Result<RangeInput, QueryError> {
+        match unparen(expr) {
+            Expr::MatrixSelector(m) => {
+                let matchers = selector_matchers(&m.vs)?;
+                let at = self.at_ms(&m.vs.at);
+                let off = offset_ms(&m.vs.offset);
+                let range = ms(&m.range);
+                let (lo, hi) = match at {
+                    Some(a) => (a - off, a - off),
+                    None => (self.start - off, self.end - off),
+                };
+                let mut series = self.select(&matchers, lo - range, hi)?;
+                for s in &mut series {
+                    s.samples.retain(|x| !value::is_stale_marker(x.value));
+                }
+                series.retain(|s| !s.samples.is_empty());
+                Ok(RangeInput {
+                    series,
+                    range_ms: range,
+                    at_ms: at,
+                    offset_ms: off,
+                })
+            }
+            Expr::Subquery(sq) => self.eval_subquery(sq),
+            other => Err(QueryError::BadData(format!(
+                "expected a range vector (a selector with [range] or a subquery), got {other}"
+            ))),
+        }
+    }
+
+    fn eval_subquery(&self, sq: &SubqueryExpr) -> Result<RangeInput, QueryError> {
+        let step = sq
+            .step
+            .as_ref()
+            .map(ms)
+            .filter(|s| *s > 0)
+            .unwrap_or(DEFAULT_SUBQUERY_STEP_MS);
+        let at = self.at_ms(&sq.at);
+        let off = offset_ms(&sq.offset);
+        let range = ms(&sq.range);
+        let (lo, hi) = match at {
+            Some(a) => (a - off, a - off),
+            None => (self.start - off, self.end - off),
+        };
+        // the first step-aligned time at or after the earliest window start
+        let first = lo - range;
+        let mut inner_start = step * first.div_euclid(step);
+        if inner_start < first {
+            inner_start += step;
+        }
+        let inner = Evaluator {
+            start: inner_start,
+            end: hi,
+            step,
+            ..*self
+        };
+        let times = inner.times();
+        let series = match inner.eval(&sq.expr)? {
+            Evaluated::Scalar(values) => vec![RangeSeries {
+                labels: Labels::from(Vec::new()),
+                samples: times
+                    .iter()
+                    .zip(values)
+                    .map(|(&t, v)| fleetwatch_common::model::Sample {
+                        timestamp_ms: t,
+                        value: v,
+                    })
+                    .collect(),
+            }],
+            Evaluated::Vector(steps) => to_series(&times, steps),
+            Evaluated::String(_) => {
+                return Err(QueryError::BadData(
+                    "subquery is only allowed on instant vector or scalar".into(),
+                ))
+            }
+        };
+        Ok(RangeInput {
+            series,
+            range_ms: range,
+            at_ms: at,
+            offset_ms: off,
+        })
+    }
+}
+
+/// Regroups per-step vectors into series, ordered by labels.
+pub(super) fn to_series(times: &[i64], steps: Vec<Vector>) -> Vec<RangeSeries> {
+    let mut by_labels: HashMap<Labels, Vec<fleetwatch_common::model::Sample>> = HashMap::new();
+    for (&t, vec) in times.iter().zip(steps) {
+        for e in vec {
+            by_labels
+                .entry(e.labels)
+                .or_default()
+                .push(fleetwatch_common::model::Sample {
+                    timestamp_ms: t,
+                    value: e.value,
+                });
+        }
+    }
+    let mut out: Vec<RangeSeries> = by_labels
+        .into_iter()
+        .map(|(labels, samples)| RangeSeries { labels, samples })
+        .collect();
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    out
+}
+
+/// Prometheus refuses a result in which two elements of one step have the same labels.
+pub(super) fn check_unique(steps: &[Vector]) -> Result<(), QueryError> {
+    let mut seen = std::collections::HashSet::new();
+    for vec in steps {
+        if vec.len() < 2 {
+            continue;
+        }
+        seen.clear();
+        for e in vec {
+            if !seen.insert(&e.labels) {
+                return Err(QueryError::Execution(
+                    "vector cannot contain metrics with the same labelset".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
