@@ -20,6 +20,8 @@ pub struct AggregatorConfig {
     pub fleet: FleetConfig,
     /// The store.
     pub store: StoreSettings,
+    /// Prometheus remote-write endpoints the store's samples are forwarded to.
+    pub remote_write: Vec<RemoteWriteConfig>,
 }
 
 impl Default for AggregatorConfig {
@@ -31,6 +33,7 @@ impl Default for AggregatorConfig {
             limits: LimitsConfig::default(),
             fleet: FleetConfig::default(),
             store: StoreSettings::default(),
+            remote_write: Vec::new(),
         }
     }
 }
@@ -171,6 +174,46 @@ impl Default for StoreSettings {
     }
 }
 
+/// One remote-write endpoint (`[[remote_write]]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteWriteConfig {
+    /// A short name: the `remote` label of its metrics and the name of its position file.
+    pub name: String,
+    /// The receiver's URL, for example `http://victoria:8428/api/v1/write`.
+    pub url: String,
+    /// File holding a bearer token sent with every request; empty for none.
+    pub bearer_token_file: PathBuf,
+    /// Extra HTTP headers.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// CA certificate (PEM) to trust for an `https` URL besides the system's; empty for none.
+    pub tls_ca_file: PathBuf,
+    /// Seconds before a request is abandoned and retried.
+    pub timeout_seconds: f64,
+    /// Samples per request, at most (whole logged batches are never split).
+    pub max_samples_per_send: usize,
+    /// First retry delay, milliseconds; doubles up to `max_backoff_ms`.
+    pub min_backoff_ms: u64,
+    /// Longest retry delay, milliseconds.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RemoteWriteConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            url: String::new(),
+            bearer_token_file: PathBuf::new(),
+            headers: Default::default(),
+            tls_ca_file: PathBuf::new(),
+            timeout_seconds: 30.0,
+            max_samples_per_send: 5000,
+            min_backoff_ms: 100,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
 /// A configuration problem, naming the file or key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -237,6 +280,53 @@ impl AggregatorConfig {
         }
         if self.quic.max_in_flight == 0 {
             return Err(("quic.max_in_flight", "must be at least 1".into()));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for rw in &self.remote_write {
+            if rw.name.is_empty()
+                || !rw
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err((
+                    "remote_write.name",
+                    format!(
+                        "{:?} must be non-empty letters, digits, '_' or '-'",
+                        rw.name
+                    ),
+                ));
+            }
+            if !names.insert(rw.name.as_str()) {
+                return Err((
+                    "remote_write.name",
+                    format!("{:?} is used by two endpoints", rw.name),
+                ));
+            }
+            if !(rw.url.starts_with("http://") || rw.url.starts_with("https://")) {
+                return Err((
+                    "remote_write.url",
+                    format!(
+                        "{:?} ({}) must be an http:// or https:// URL",
+                        rw.url, rw.name
+                    ),
+                ));
+            }
+            if !(rw.timeout_seconds.is_finite() && rw.timeout_seconds > 0.0) {
+                return Err(("remote_write.timeout_seconds", "must be positive".into()));
+            }
+            if rw.max_samples_per_send == 0 {
+                return Err((
+                    "remote_write.max_samples_per_send",
+                    "must be at least 1".into(),
+                ));
+            }
+            if rw.min_backoff_ms == 0 || rw.max_backoff_ms < rw.min_backoff_ms {
+                return Err((
+                    "remote_write.max_backoff_ms",
+                    "backoffs must be positive with max_backoff_ms >= min_backoff_ms".into(),
+                ));
+            }
         }
         Ok(())
     }

@@ -40,6 +40,16 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// Revocation list reloads, by result.
     pub crl_reloads: IntCounterVec,
+    /// Samples forwarded by remote write, by endpoint and result (sent, rejected).
+    pub remote_write_samples: IntCounterVec,
+    /// Remote-write requests, by endpoint and HTTP status (or `error` with no response).
+    pub remote_write_requests: IntCounterVec,
+    /// Remote-write retries, by endpoint.
+    pub remote_write_retries: IntCounterVec,
+    /// Times retention removed logged samples before an endpoint had them, by endpoint.
+    pub remote_write_skipped: IntCounterVec,
+    /// Newest sample timestamp an endpoint has accepted, by endpoint.
+    pub remote_write_last_sent: IntGaugeVec,
 }
 
 impl Metrics {
@@ -72,6 +82,11 @@ impl Metrics {
             hosts: reg!(IntGaugeVec::new(Opts::new("fleetwatch_fleet_hosts", "Known hosts, by status (up, stale, down)."), &["status"])),
             http_requests: reg!(IntCounterVec::new(Opts::new("fleetwatch_http_requests_total", "HTTP requests, by route and status code."), &["route", "code"])),
             crl_reloads: reg!(IntCounterVec::new(Opts::new("fleetwatch_pki_crl_reloads_total", "Revocation list reloads, by result."), &["result"])),
+            remote_write_samples: reg!(IntCounterVec::new(Opts::new("fleetwatch_remote_write_samples_total", "Samples forwarded by remote write, by endpoint and result (sent; rejected: the receiver answered 4xx)."), &["remote", "result"])),
+            remote_write_requests: reg!(IntCounterVec::new(Opts::new("fleetwatch_remote_write_requests_total", "Remote-write requests, by endpoint and HTTP status code (error: no response)."), &["remote", "code"])),
+            remote_write_retries: reg!(IntCounterVec::new(Opts::new("fleetwatch_remote_write_retries_total", "Remote-write requests retried after a 5xx, 429 or connection failure, by endpoint."), &["remote"])),
+            remote_write_skipped: reg!(IntCounterVec::new(Opts::new("fleetwatch_remote_write_log_skips_total", "Times retention removed logged samples before the endpoint received them, by endpoint."), &["remote"])),
+            remote_write_last_sent: reg!(IntGaugeVec::new(Opts::new("fleetwatch_remote_write_last_sent_timestamp_seconds", "Newest sample timestamp the endpoint has accepted, by endpoint."), &["remote"])),
             registry,
         }
     }

@@ -160,6 +160,13 @@ pub async fn start(config: AggregatorConfig) -> anyhow::Result<RunningAggregator
         }
     }));
     tasks.push(tokio::spawn(background(state.clone())));
+    for rw in &config.remote_write {
+        tasks.push(tokio::spawn(crate::remote_write::run(
+            state.clone(),
+            rw.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     let crl_path = config.quic.crl.clone();
     let st = state.clone();
     tasks.push(tokio::spawn(async move {

@@ -408,6 +408,57 @@ impl Wal {
         Ok(removed)
     }
 
+    /// Reads records from `from` on, in append order, passing each to `f` until it returns
+    /// false or the end of what has been written. Returns where the next read starts and
+    /// whether `from` named a segment already removed (the reader then starts at the oldest
+    /// segment left). A tailing reader: the active segment may grow between calls; a partial
+    /// record at its end is read next time.
+    pub fn read_from(
+        &self,
+        from: Lsn,
+        mut f: impl FnMut(Lsn, &[u8]) -> bool,
+    ) -> Result<(Lsn, bool), WalError> {
+        let active = lock(&self.writer).segment;
+        let segments: Vec<u64> = list_segments(&self.dir)?
+            .into_iter()
+            .filter(|&n| n >= from.segment && n <= active)
+            .collect();
+        let skipped = segments.first().is_some_and(|&n| n > from.segment);
+        let mut next = from;
+        let mut stopped = false;
+        for n in segments {
+            let start = if n == from.segment { from.offset } else { 0 };
+            let found =
+                segment::scan_from(&segment_path(&self.dir, n), n, start, &mut |lsn, bytes| {
+                    let more = f(lsn, bytes);
+                    stopped |= !more;
+                    more
+                })?;
+            next = Lsn {
+                segment: n,
+                offset: found.good,
+            };
+            if stopped || n == active {
+                break;
+            }
+            // a sealed segment read to its end (or to damage): go on with the next
+            next = Lsn {
+                segment: n + 1,
+                offset: 0,
+            };
+        }
+        Ok((next, skipped))
+    }
+
+    /// Where the next append goes: the end of the log.
+    pub fn end(&self) -> Lsn {
+        let w = lock(&self.writer);
+        Lsn {
+            segment: w.segment,
+            offset: w.offset,
+        }
+    }
+
     /// Total bytes of the segment files on disk.
     pub fn disk_bytes(&self) -> u64 {
         let w = lock(&self.writer);

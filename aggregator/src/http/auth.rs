@@ -1,4 +1,6 @@
-//! Bearer-token authentication.
+//! Token authentication: `Authorization: Bearer TOKEN`, or HTTP Basic with any user name and
+//! the token as the password, for tools that can only put credentials in the URL (promtool:
+//! `http://fleetwatch:TOKEN@host:4741`).
 
 use super::ApiError;
 use crate::state::AppState;
@@ -18,15 +20,15 @@ pub(super) async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    let presented = req
+    let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = presented else {
-        return ApiError::unauthorized("missing bearer token: send Authorization: Bearer <token>")
-            .into_response();
+        .and_then(|v| v.to_str().ok());
+    let Some(token) = header.and_then(presented_token) else {
+        return ApiError::unauthorized(
+            "missing token: send Authorization: Bearer <token> (or Basic auth with the token as password)",
+        )
+        .into_response();
     };
     let ok = [&state.tokens.admin, &state.tokens.viewer]
         .into_iter()
@@ -35,6 +37,36 @@ pub(super) async fn require_token(
     if ok {
         next.run(req).await
     } else {
-        ApiError::unauthorized("invalid bearer token").into_response()
+        ApiError::unauthorized("invalid token").into_response()
+    }
+}
+
+/// The token in an `Authorization` header value: a bearer token, or a Basic password.
+fn presented_token(header: &str) -> Option<String> {
+    if let Some(t) = header.strip_prefix("Bearer ") {
+        return Some(t.trim().to_string());
+    }
+    let encoded = header.strip_prefix("Basic ")?;
+    let decoded =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':')
+        .map(|(_, password)| password.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::presented_token;
+
+    #[test]
+    fn bearer_and_basic_tokens() {
+        assert_eq!(presented_token("Bearer abc ").as_deref(), Some("abc"));
+        // "fleetwatch:s3cret"
+        assert_eq!(
+            presented_token("Basic ZmxlZXR3YXRjaDpzM2NyZXQ=").as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(presented_token("Basic !!!"), None);
+        assert_eq!(presented_token("Digest x"), None);
     }
 }

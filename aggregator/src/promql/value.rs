@@ -82,7 +82,7 @@ pub(super) fn with_label(labels: &[Label], name: &str, value: &str) -> Labels {
 pub(super) fn keep_only(labels: &[Label], names: &[String]) -> Labels {
     labels
         .iter()
-        .filter(|l| names.iter().any(|n| *n == l.name))
+        .filter(|l| names.contains(&l.name))
         .cloned()
         .collect()
 }
@@ -91,7 +91,7 @@ pub(super) fn keep_only(labels: &[Label], names: &[String]) -> Labels {
 pub(super) fn remove(labels: &[Label], names: &[String]) -> Labels {
     labels
         .iter()
-        .filter(|l| !names.iter().any(|n| *n == l.name))
+        .filter(|l| !names.contains(&l.name))
         .cloned()
         .collect()
 }
@@ -106,7 +106,7 @@ pub(super) fn signature(
     labels
         .iter()
         .filter(|l| {
-            let named = names.iter().any(|n| *n == l.name);
+            let named = names.contains(&l.name);
             if include {
                 named
             } else {

@@ -10,7 +10,8 @@
 pub mod applied;
 pub mod memory;
 
-use crate::wal::{Lsn, Wal, WalConfig};
+pub use crate::wal::Lsn;
+use crate::wal::{Wal, WalConfig};
 use applied::{AppliedMap, AppliedSeqs};
 use fleetwatch_common::codec::{self, FrameLimits};
 use fleetwatch_common::model::{Batch, MetricKind, Sample, Series, SeriesSamples};
@@ -311,6 +312,48 @@ impl Storage {
         Ok(())
     }
 
+    /// The end of the log: where the next batch will be written.
+    pub fn log_end(&self) -> Lsn {
+        self.wal.end()
+    }
+
+    /// The metric samples logged from `from` on, in the order they were made durable, whole
+    /// records until about `max_samples`. Returns them, where the next read starts, and whether
+    /// part of the log had already been removed by retention. Blocking.
+    pub fn read_log(
+        &self,
+        from: Lsn,
+        max_samples: usize,
+    ) -> Result<(Vec<SeriesSamples>, Lsn, bool), StoreError> {
+        let limits = FrameLimits {
+            max_payload_bytes: u32::MAX,
+            max_decoded_bytes: u32::MAX,
+        };
+        let mut out = Vec::new();
+        let mut samples = 0usize;
+        let mut resume = None;
+        let (end, skipped) = self.wal.read_from(from, |lsn, bytes| {
+            if samples >= max_samples {
+                resume = Some(lsn);
+                return false;
+            }
+            match codec::decode_value::<WalRecord>(bytes, &limits) {
+                Ok(rec) => {
+                    samples += rec
+                        .batch
+                        .metrics
+                        .iter()
+                        .map(|s| s.samples.len())
+                        .sum::<usize>();
+                    out.extend(rec.batch.metrics);
+                }
+                Err(error) => warn!(%error, ?lsn, "skipping an unreadable log record"),
+            }
+            true
+        })?;
+        Ok((out, resume.unwrap_or(end), skipped))
+    }
+
     /// Counts for the metrics.
     pub fn stats(&self) -> StoreStats {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
@@ -346,6 +389,23 @@ pub fn arrival_order(dir: &Path) -> Result<Vec<(String, u64, i64, i64)>, StoreEr
         }
     })?;
     Ok(out)
+}
+
+impl crate::promql::SeriesSource for Storage {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<crate::promql::RangeSeries> {
+        Storage::select(self, matchers, start_ms, end_ms)
+            .into_iter()
+            .map(|(series, _, samples)| crate::promql::RangeSeries {
+                labels: crate::promql::labels_of(&series),
+                samples,
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -435,22 +495,5 @@ mod tests {
             s.apply("a", batch(1, 0), 8_000_000).unwrap(),
             ApplyOutcome::Duplicate
         );
-    }
-}
-
-impl crate::promql::SeriesSource for Storage {
-    fn select(
-        &self,
-        matchers: &[Matcher],
-        start_ms: i64,
-        end_ms: i64,
-    ) -> Vec<crate::promql::RangeSeries> {
-        Storage::select(self, matchers, start_ms, end_ms)
-            .into_iter()
-            .map(|(series, _, samples)| crate::promql::RangeSeries {
-                labels: crate::promql::labels_of(&series),
-                samples,
-            })
-            .collect()
     }
 }

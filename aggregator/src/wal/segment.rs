@@ -100,11 +100,27 @@ pub(super) fn scan(
     segment: u64,
     f: &mut impl FnMut(Lsn, &[u8]),
 ) -> Result<Scan, WalError> {
+    scan_from(path, segment, 0, &mut |lsn, bytes| {
+        f(lsn, bytes);
+        true
+    })
+}
+
+/// Like [`scan`], from the record at byte `start`, until `f` returns false (`good` is then the
+/// end of the last record `f` took).
+pub(super) fn scan_from(
+    path: &Path,
+    segment: u64,
+    start: u64,
+    f: &mut impl FnMut(Lsn, &[u8]) -> bool,
+) -> Result<Scan, WalError> {
     let io = |e| WalError::io(path, e);
-    let file = File::open(path).map_err(io)?;
+    let mut file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
+    let start = start.min(len);
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start)).map_err(io)?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut offset = 0u64;
+    let mut offset = start;
     let mut records = 0u64;
     let mut payload = Vec::new();
     let damage = loop {
@@ -137,7 +153,9 @@ pub(super) fn scan(
         if crc32fast::hash(&payload) != crc {
             break Some(Damage::Checksum);
         }
-        f(Lsn { segment, offset }, &payload);
+        if !f(Lsn { segment, offset }, &payload) {
+            break None;
+        }
         records += 1;
         offset += (HEADER + payload.len()) as u64;
     };

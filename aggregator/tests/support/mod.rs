@@ -101,6 +101,14 @@ metrics_public = true
         )
     }
 
+    /// Appends TOML (for example `[[remote_write]]` tables) to the aggregator's config.
+    pub fn add_aggregator_config(&self, extra: &str) {
+        let mut text = std::fs::read_to_string(self.path("aggregator.toml")).unwrap();
+        text.push('\n');
+        text.push_str(extra);
+        std::fs::write(self.path("aggregator.toml"), text).unwrap();
+    }
+
     pub fn start_aggregator(&self) -> Proc {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -314,6 +322,91 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// A program from Debian's packages that a test talks to (prometheus, promtool...). Missing, it
+/// fails the test when `FLEETWATCH_REQUIRE_PEERS=1` (as `.ci/run` sets, after installing it)
+/// and otherwise skips it with a note saying what to install.
+pub fn peer_binary(name: &str, package: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let msg = format!("{name} not found: apt-get install -y {package}");
+        if std::env::var("FLEETWATCH_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+    }
+    found
+}
+
+/// Ships `batches` as agent `name` (certificate issued here) through a real shipper over
+/// QUIC, one at a time and in order: each is acknowledged before the next is buffered.
+pub fn ship_in_order(fleet: &Fleet, name: &str, batches: Vec<fleetwatch_common::model::Batch>) {
+    use fleetwatch_agent::buffer::{Buffer, BufferConfig};
+    use fleetwatch_agent::config::AggregatorLink;
+    use fleetwatch_agent::metrics::AgentMetrics;
+    use fleetwatch_agent::shipper::Shipper;
+    use fleetwatch_common::model::{HostFacts, Lane};
+    use fleetwatch_common::protocol::Message;
+    use std::sync::Arc;
+
+    let issued = pki::issue_agent(&fleet.pki(), name, pki::Validity::days(30)).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let buffer = Arc::new(
+            Buffer::open(
+                &fleet.path(&format!("{name}-buffer")),
+                BufferConfig::default(),
+            )
+            .unwrap(),
+        );
+        let link = AggregatorLink {
+            addresses: vec![format!("127.0.0.1:{}", fleet.quic_port)],
+            server_name: "localhost".into(),
+            ca: fleet.pki().join("ca.pem"),
+            cert: issued.cert,
+            key: issued.key,
+            ..Default::default()
+        };
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let shipper = Shipper {
+            link,
+            buffer: buffer.clone(),
+            metrics: AgentMetrics::new(),
+            facts: HostFacts::default(),
+            wake: wake.clone(),
+        };
+        let task = tokio::spawn(shipper.run(rx));
+        for mut batch in batches {
+            let created = batch.created_ms;
+            buffer
+                .push(Lane::Metrics, created, |seq| {
+                    batch.seq = seq;
+                    fleetwatch_common::codec::encode(&Message::Batch(batch))
+                })
+                .unwrap();
+            wake.notify_one();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !buffer.is_empty() {
+                assert!(
+                    Instant::now() < deadline,
+                    "batch not acknowledged within 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let _ = tx.send(true);
+        let _ = task.await;
+    });
+}
+
 /// A child process, killed hard when dropped.
 pub struct Proc {
     child: Option<Child>,
@@ -321,6 +414,17 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts `cmd` as a process killed when the handle drops.
+    pub fn spawn(name: &'static str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child: Some(child),
+            name,
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
