@@ -15,4 +15,5 @@ pub mod remote_write;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tsdb;
 pub mod wal;

@@ -3,8 +3,8 @@
 //! `prometheus_compat` integration test.
 
 use super::*;
-use crate::store::memory::matches;
-use fleetwatch_common::model::{Label, Sample};
+use crate::tsdb::head::matches;
+use fleetwatch_common::model::{Label, Sample, Series};
 use promql_parser::label::Matcher;
 
 struct Mem(Vec<(String, Vec<Label>, Vec<Sample>)>);
@@ -13,7 +13,7 @@ impl SeriesSource for Mem {
     fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<RangeSeries> {
         self.0
             .iter()
-            .filter(|(n, l, _)| matches(n, l, matchers))
+            .filter(|(n, l, _)| matches(&Series::new(n.clone(), l.clone()), matchers))
             .map(|(n, l, s)| RangeSeries {
                 labels: value::from_series(n, l),
                 samples: s

@@ -8,14 +8,13 @@
 //! behind the same methods (`apply`, `append_system`, `select`, `maintain`).
 
 pub mod applied;
-pub mod memory;
 
+use crate::tsdb::head::Head;
 pub use crate::wal::Lsn;
 use crate::wal::{Wal, WalConfig};
 use applied::{AppliedMap, AppliedSeqs};
 use fleetwatch_common::codec::{self, FrameLimits};
 use fleetwatch_common::model::{Batch, MetricKind, Sample, Series, SeriesSamples};
-use memory::MemIndex;
 use promql_parser::label::Matcher;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -81,7 +80,7 @@ pub struct StoreStats {
 /// The store.
 pub struct Storage {
     wal: Wal,
-    index: RwLock<MemIndex>,
+    index: RwLock<Head>,
     applied: Mutex<HashMap<String, Arc<Mutex<AppliedSeqs>>>>,
     marks: Mutex<VecDeque<(i64, Lsn)>>,
     replaced: std::sync::atomic::AtomicU64,
@@ -99,7 +98,7 @@ impl Storage {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => AppliedMap::new(),
             Err(e) => return Err(StoreError::Checkpoint(checkpoint.clone(), e.to_string())),
         };
-        let mut index = MemIndex::default();
+        let mut index = Head::default();
         let mut bad = 0u64;
         let mut replaced = 0u64;
         let mut first_mark = None;

@@ -1,0 +1,5 @@
+//! The time-series storage engine under [`crate::store`]: Gorilla-compressed chunks and the
+//! in-memory head with its inverted index.
+
+pub mod chunk;
+pub mod head;
