@@ -164,12 +164,35 @@ impl Default for FleetConfig {
 pub struct StoreSettings {
     /// Hours of samples kept.
     pub retention_hours: f64,
+    /// Most bytes the store may take on disk (blocks and log); the oldest blocks are removed
+    /// beyond it. 0: no limit.
+    pub max_bytes: u64,
+    /// Minutes of data the in-memory head collects before it is written into blocks.
+    pub flush_minutes: f64,
+    /// Hours of data in one block.
+    pub block_hours: f64,
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
-            retention_hours: 6.0,
+            retention_hours: 30.0 * 24.0,
+            max_bytes: 0,
+            flush_minutes: 30.0,
+            block_hours: 2.0,
+        }
+    }
+}
+
+impl StoreSettings {
+    /// The store's settings these describe.
+    pub fn store_config(&self) -> crate::store::StoreConfig {
+        crate::store::StoreConfig {
+            retention_ms: (self.retention_hours * 3_600_000.0) as i64,
+            max_bytes: self.max_bytes,
+            flush_after_ms: (self.flush_minutes * 60_000.0) as i64,
+            block_ms: (self.block_hours * 3_600_000.0) as i64,
+            ..Default::default()
         }
     }
 }
@@ -276,6 +299,21 @@ impl AggregatorConfig {
             return Err((
                 "store.retention_hours",
                 "must be a positive number of hours".into(),
+            ));
+        }
+        if !(self.store.flush_minutes.is_finite() && self.store.flush_minutes > 0.0) {
+            return Err((
+                "store.flush_minutes",
+                "must be a positive number of minutes".into(),
+            ));
+        }
+        if !(self.store.block_hours.is_finite()
+            && self.store.block_hours >= 1.0 / 60.0
+            && self.store.block_hours <= 24.0)
+        {
+            return Err((
+                "store.block_hours",
+                "must be between one minute (0.0167) and 24 hours".into(),
             ));
         }
         if self.quic.max_in_flight == 0 {

@@ -34,6 +34,12 @@ pub struct Metrics {
     pub store_replaced_samples: IntGauge,
     /// Bytes in the write-ahead log.
     pub wal_bytes: IntGauge,
+    /// Persisted blocks.
+    pub store_blocks: IntGauge,
+    /// Bytes of persisted blocks.
+    pub store_block_bytes: IntGauge,
+    /// Blocks removed by the size limit since start.
+    pub store_size_evictions: IntGauge,
     /// Hosts by status.
     pub hosts: IntGaugeVec,
     /// HTTP requests, by route pattern and status code.
@@ -79,6 +85,9 @@ impl Metrics {
             store_samples: reg!(IntGauge::new("fleetwatch_store_samples", "Samples in the store.")),
             store_replaced_samples: reg!(IntGauge::new("fleetwatch_store_replaced_samples", "Samples that arrived for a timestamp already stored, since start (0 with exactly-once delivery).")),
             wal_bytes: reg!(IntGauge::new("fleetwatch_store_wal_bytes", "Bytes in the write-ahead log.")),
+            store_blocks: reg!(IntGauge::new("fleetwatch_store_blocks", "Persisted blocks.")),
+            store_block_bytes: reg!(IntGauge::new("fleetwatch_store_block_bytes", "Bytes of persisted blocks on disk.")),
+            store_size_evictions: reg!(IntGauge::new("fleetwatch_store_size_evictions", "Blocks removed because the store reached store.max_bytes, since start.")),
             hosts: reg!(IntGaugeVec::new(Opts::new("fleetwatch_fleet_hosts", "Known hosts, by status (up, stale, down)."), &["status"])),
             http_requests: reg!(IntCounterVec::new(Opts::new("fleetwatch_http_requests_total", "HTTP requests, by route and status code."), &["route", "code"])),
             crl_reloads: reg!(IntCounterVec::new(Opts::new("fleetwatch_pki_crl_reloads_total", "Revocation list reloads, by result."), &["result"])),

@@ -6,7 +6,7 @@ use crate::fleet::Fleet;
 use crate::ingest::{self, Connections};
 use crate::metrics::Metrics;
 use crate::state::{AppState, Tokens};
-use crate::store::{Storage, StoreConfig};
+use crate::store::Storage;
 use anyhow::Context;
 use fleetwatch_common::model::now_ms;
 use fleetwatch_common::tls::{self, RefusalReason};
@@ -74,10 +74,7 @@ pub async fn start(config: AggregatorConfig) -> anyhow::Result<RunningAggregator
     let store_dir = config.data_dir.join("store");
     std::fs::create_dir_all(&store_dir)
         .with_context(|| format!("creating {}", store_dir.display()))?;
-    let store_config = StoreConfig {
-        retention_ms: (config.store.retention_hours * 3_600_000.0) as i64,
-        sync: true,
-    };
+    let store_config = config.store.store_config();
     let dir = store_dir.clone();
     let (store, replayed) = tokio::task::spawn_blocking(move || Storage::open(&dir, store_config))
         .await
@@ -160,6 +157,7 @@ pub async fn start(config: AggregatorConfig) -> anyhow::Result<RunningAggregator
         }
     }));
     tasks.push(tokio::spawn(background(state.clone())));
+    tasks.push(tokio::spawn(store_maintenance(state.clone())));
     for rw in &config.remote_write {
         tasks.push(tokio::spawn(crate::remote_write::run(
             state.clone(),
@@ -210,13 +208,11 @@ fn modified(path: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// The `up` series every 5 s, store retention every minute, fleet flush every 5 s.
+/// Every 5 s: the `up` series, the fleet state flush and the store gauges.
 async fn background(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
-    let mut n: u64 = 0;
     loop {
         tick.tick().await;
-        n += 1;
         let now = now_ms();
         let store = state.store.clone();
         let up = state.fleet.up_series(now);
@@ -230,15 +226,11 @@ async fn background(state: Arc<AppState>) {
                 .with_label_values(&[h.status.as_str()])
                 .inc();
         }
-        let maintain = n % 12 == 0;
         let fleet = state.fleet.clone();
         let result = tokio::task::spawn_blocking(move || {
             fleet.flush();
             if !up.is_empty() {
                 store.append_system(up, now)?;
-            }
-            if maintain {
-                store.maintain(now)?;
             }
             Ok::<_, crate::store::StoreError>(())
         })
@@ -255,5 +247,26 @@ async fn background(state: Arc<AppState>) {
             .store_replaced_samples
             .set(s.replaced_samples as i64);
         state.metrics.wal_bytes.set(s.wal_bytes as i64);
+        state.metrics.store_blocks.set(s.blocks as i64);
+        state.metrics.store_block_bytes.set(s.block_bytes as i64);
+        state
+            .metrics
+            .store_size_evictions
+            .set(s.size_evictions as i64);
+    }
+}
+
+/// Flushes, compaction and retention of the store, on their own task so that a long flush
+/// never delays the `up` series or the fleet state.
+async fn store_maintenance(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let store = state.store.clone();
+        let result = tokio::task::spawn_blocking(move || store.maintain(now_ms())).await;
+        if let Ok(Err(error)) = result {
+            state.metrics.store_errors.inc();
+            warn!(%error, "store maintenance failed");
+        }
     }
 }

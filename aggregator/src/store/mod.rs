@@ -1,15 +1,18 @@
-//! The aggregator's first store: every accepted batch goes to a write-ahead log (fsync before
-//! the acknowledgement), then into an in-memory index that answers selector queries. On start
-//! the log is replayed, so nothing acknowledged is lost across a crash. Deduplication by
-//! (agent, sequence number) lives here too, decided under the same per-agent lock as the write,
-//! which makes storage exactly once.
+//! The aggregator's time-series store. Every accepted batch goes to the write-ahead log (fsync
+//! before the acknowledgement), then into the in-memory head (Gorilla chunks, inverted index).
+//! Periodically the head is flushed into persisted blocks, one per time window, and the log
+//! before the flush point is removed; on start, blocks are opened and the log after the flush
+//! point is replayed into a new head, so nothing acknowledged is lost across a crash.
+//! Deduplication by (agent, sequence number) is decided under the same per-agent lock as the
+//! write, which makes storage exactly once.
 //!
-//! This store is deliberately small: the time-series store with compressed chunks replaces it
-//! behind the same methods (`apply`, `append_system`, `select`, `maintain`).
+//! Blocks of the same window (a backlog flushed after live data) are merged by compaction;
+//! retention removes whole blocks by age and, with a size limit, oldest first.
 
 pub mod applied;
 
-use crate::tsdb::head::Head;
+use crate::tsdb::block::{self, Block, BlockMeta};
+use crate::tsdb::head::{self, Head};
 pub use crate::wal::Lsn;
 use crate::wal::{Wal, WalConfig};
 use applied::{AppliedMap, AppliedSeqs};
@@ -17,8 +20,9 @@ use fleetwatch_common::codec::{self, FrameLimits};
 use fleetwatch_common::model::{Batch, MetricKind, Sample, Series, SeriesSamples};
 use promql_parser::label::Matcher;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tracing::{info, warn};
 
@@ -27,8 +31,29 @@ use tracing::{info, warn};
 pub struct StoreConfig {
     /// How long samples are kept, in milliseconds.
     pub retention_ms: i64,
+    /// Most bytes of blocks and log together; the oldest blocks go first beyond it. 0: no limit.
+    pub max_bytes: u64,
     /// fsync before acknowledging (turn off only for benchmarks of the rest of the pipeline).
     pub sync: bool,
+    /// Width of a block's time window, milliseconds.
+    pub block_ms: i64,
+    /// The head is flushed into blocks when its oldest record is this old (ms)...
+    pub flush_after_ms: i64,
+    /// ...or when it holds this many samples.
+    pub flush_samples: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            retention_ms: 30 * 86_400_000,
+            max_bytes: 0,
+            sync: true,
+            block_ms: 2 * 3_600_000,
+            flush_after_ms: 30 * 60_000,
+            flush_samples: 4_000_000,
+        }
+    }
 }
 
 /// What the store did with a batch.
@@ -52,6 +77,9 @@ pub enum StoreError {
     /// The deduplication checkpoint could not be written or read.
     #[error("checkpoint {0}: {1}")]
     Checkpoint(PathBuf, String),
+    /// A block could not be written, read or removed.
+    #[error("block: {0}")]
+    Block(String),
 }
 
 /// One log record: an applied batch from an agent, or series the aggregator made (`seq` 0).
@@ -66,30 +94,98 @@ struct WalRecord {
 /// Counts since start, for the metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StoreStats {
-    /// Series held.
+    /// Series in the head (active series).
     pub series: usize,
-    /// Samples held.
+    /// Samples held, head and blocks.
     pub samples: usize,
     /// Samples that arrived for a timestamp already held, counted over the whole log since the
     /// last start (0 with exactly-once delivery: a batch applied twice would show here).
     pub replaced_samples: u64,
     /// Bytes in the log.
     pub wal_bytes: u64,
+    /// Persisted blocks.
+    pub blocks: usize,
+    /// Bytes of persisted blocks.
+    pub block_bytes: u64,
+    /// Blocks removed by the size limit since start.
+    pub size_evictions: u64,
 }
 
 /// The store.
 pub struct Storage {
+    dir: PathBuf,
     wal: Wal,
-    index: RwLock<Head>,
+    /// Writers hold it shared across log append and head insert; a flush takes it exclusively
+    /// to cut the log and swap the head at one consistent point.
+    gate: RwLock<()>,
+    head: RwLock<Head>,
+    /// Received time of the head's oldest record (i64::MAX when empty).
+    head_since: AtomicI64,
+    /// A head being written into blocks, still read by queries until its blocks exist.
+    flushing: RwLock<Option<Arc<Head>>>,
+    blocks: RwLock<Vec<Arc<Block>>>,
+    next_seq: AtomicU64,
+    /// One flush, compaction or retention pass at a time.
+    maintenance: Mutex<()>,
     applied: Mutex<HashMap<String, Arc<Mutex<AppliedSeqs>>>>,
-    marks: Mutex<VecDeque<(i64, Lsn)>>,
-    replaced: std::sync::atomic::AtomicU64,
+    replaced: AtomicU64,
+    evictions: AtomicU64,
     checkpoint: PathBuf,
     config: StoreConfig,
 }
 
+const LIMITS: FrameLimits = FrameLimits {
+    max_payload_bytes: u32::MAX,
+    max_decoded_bytes: u32::MAX,
+};
+
+fn read_flushed(path: &Path) -> Option<Lsn> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (segment, offset) = text.trim().split_once(':')?;
+    Some(Lsn {
+        segment: segment.parse().ok()?,
+        offset: offset.parse().ok()?,
+    })
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Merges the same series from several sources, oldest source first: on equal timestamps the
+/// newer source's sample wins.
+fn merge_sources(
+    sources: Vec<Vec<(Series, MetricKind, Vec<Sample>)>>,
+) -> Vec<(Series, MetricKind, Vec<Sample>)> {
+    if sources.len() == 1 {
+        return sources.into_iter().next().unwrap_or_default();
+    }
+    let mut by_series: BTreeMap<Series, (MetricKind, Vec<Sample>)> = BTreeMap::new();
+    for source in sources {
+        for (s, kind, samples) in source {
+            match by_series.get_mut(&s) {
+                Some(entry) => {
+                    entry.0 = kind;
+                    let base = std::mem::take(&mut entry.1);
+                    entry.1 = head::merge(base, &samples);
+                }
+                None => {
+                    by_series.insert(s, (kind, samples));
+                }
+            }
+        }
+    }
+    by_series.into_iter().map(|(s, (k, v))| (s, k, v)).collect()
+}
+
 impl Storage {
-    /// Opens the store in `dir`, replaying the log. Returns the store and the records replayed.
+    /// Opens the store in `dir`: its blocks, then the log after the last flush replayed into
+    /// the head. Returns the store and the log records replayed into the head.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<(Self, u64), StoreError> {
         let checkpoint = dir.join("applied.json");
         let mut applied: AppliedMap = match std::fs::read(&checkpoint) {
@@ -98,28 +194,35 @@ impl Storage {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => AppliedMap::new(),
             Err(e) => return Err(StoreError::Checkpoint(checkpoint.clone(), e.to_string())),
         };
-        let mut index = Head::default();
+        let blocks = block::open_all(&dir.join("blocks")).map_err(StoreError::Block)?;
+        let next_seq = blocks.last().map_or(1, |b| b.meta.seq + 1);
+        let flushed = read_flushed(&dir.join("flushed")).unwrap_or(Lsn {
+            segment: 0,
+            offset: 0,
+        });
+        let mut head = Head::default();
+        let mut head_since = i64::MAX;
         let mut bad = 0u64;
         let mut replaced = 0u64;
-        let mut first_mark = None;
-        let limits = FrameLimits {
-            max_payload_bytes: u32::MAX,
-            max_decoded_bytes: u32::MAX,
-        };
+        let mut replayed = 0u64;
         let (wal, stats) = Wal::open(
             &dir.join("wal"),
             WalConfig {
                 sync: config.sync,
                 ..WalConfig::default()
             },
-            |lsn, bytes| match codec::decode_value::<WalRecord>(bytes, &limits) {
+            |lsn, bytes| match codec::decode_value::<WalRecord>(bytes, &LIMITS) {
                 Ok(rec) => {
-                    first_mark.get_or_insert((rec.received_ms, lsn));
                     if rec.seq != 0 {
                         applied.entry(rec.host.clone()).or_default().insert(rec.seq);
                     }
+                    if lsn < flushed {
+                        return; // already in blocks
+                    }
+                    head_since = head_since.min(rec.received_ms);
+                    replayed += 1;
                     for ss in &rec.batch.metrics {
-                        replaced += index.insert(ss).replaced;
+                        replaced += head.insert(ss).replaced;
                     }
                 }
                 Err(error) => {
@@ -128,29 +231,38 @@ impl Storage {
                 }
             },
         )?;
-        if stats.records > 0 {
+        if stats.records > 0 || !blocks.is_empty() {
             info!(
                 records = stats.records,
+                replayed,
                 unreadable = bad,
-                series = index.series_count(),
-                "store replayed"
+                head_series = head.series_count(),
+                blocks = blocks.len(),
+                "store opened"
             );
         }
         let store = Self {
+            dir: dir.to_path_buf(),
             wal,
-            index: RwLock::new(index),
+            gate: RwLock::new(()),
+            head: RwLock::new(head),
+            head_since: AtomicI64::new(head_since),
+            flushing: RwLock::new(None),
+            blocks: RwLock::new(blocks.into_iter().map(Arc::new).collect()),
+            next_seq: AtomicU64::new(next_seq),
+            maintenance: Mutex::new(()),
             applied: Mutex::new(
                 applied
                     .into_iter()
                     .map(|(k, v)| (k, Arc::new(Mutex::new(v))))
                     .collect(),
             ),
-            marks: Mutex::new(first_mark.into_iter().collect()),
             replaced: replaced.into(),
+            evictions: AtomicU64::new(0),
             checkpoint,
             config,
         };
-        Ok((store, stats.records))
+        Ok((store, replayed))
     }
 
     fn host_applied(&self, host: &str) -> Arc<Mutex<AppliedSeqs>> {
@@ -201,46 +313,71 @@ impl Storage {
 
     fn write(&self, record: WalRecord) -> Result<(), StoreError> {
         let bytes = codec::encode_value(&record)?;
-        let lsn = self.wal.append(&bytes)?;
-        {
-            let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
-            if marks
-                .back()
-                .is_none_or(|(t, _)| record.received_ms - t >= 60_000)
-            {
-                marks.push_back((record.received_ms, lsn));
-            }
-        }
-        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        self.wal.append(&bytes)?;
+        self.head_since
+            .fetch_min(record.received_ms, Ordering::Relaxed);
+        let mut head = self.head.write().unwrap_or_else(|p| p.into_inner());
         for ss in &record.batch.metrics {
-            let st = index.insert(ss);
-            self.replaced
-                .fetch_add(st.replaced, std::sync::atomic::Ordering::Relaxed);
+            let st = head.insert(ss);
+            self.replaced.fetch_add(st.replaced, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// Series matching `matchers` with their samples in `[start_ms, end_ms]`.
+    /// Series matching `matchers` with their samples in `[start_ms, end_ms]`, merged over the
+    /// blocks and the head.
     pub fn select(
         &self,
         matchers: &[Matcher],
         start_ms: i64,
         end_ms: i64,
     ) -> Vec<(Series, MetricKind, Vec<Sample>)> {
-        self.index
+        let blocks: Vec<Arc<Block>> = self
+            .blocks
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .select(matchers, start_ms, end_ms)
+            .iter()
+            .filter(|b| {
+                b.meta.resolution_ms == 0 && b.meta.maxt > start_ms && b.meta.mint <= end_ms
+            })
+            .cloned()
+            .collect();
+        let mut sources = Vec::with_capacity(blocks.len() + 2);
+        for b in &blocks {
+            match b.select(matchers, start_ms, end_ms) {
+                Ok(found) => sources.push(found),
+                Err(error) => {
+                    warn!(%error, "block unreadable; its samples are left out of this query")
+                }
+            }
+        }
+        let flushing = self
+            .flushing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(f) = flushing {
+            sources.push(f.select(matchers, start_ms, end_ms));
+        }
+        sources.push(
+            self.head
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .select(matchers, start_ms, end_ms),
+        );
+        sources.retain(|s| !s.is_empty());
+        merge_sources(sources)
     }
 
-    /// Drops the series of `batch` that are new for `host` once it holds `limit` series;
-    /// returns the samples dropped.
+    /// Drops the series of `batch` that are new for `host` once it holds `limit` active
+    /// series (series in the head); returns the samples dropped.
     pub fn drop_new_series_over(&self, host: &str, batch: &mut Batch, limit: usize) -> u64 {
-        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let mut room = limit.saturating_sub(index.series_for_host(host));
+        let head = self.head.read().unwrap_or_else(|p| p.into_inner());
+        let mut room = limit.saturating_sub(head.series_for_host(host));
         let mut dropped = 0u64;
         batch.metrics.retain(|ss| {
-            if index.contains(&ss.series) {
+            if head.contains(&ss.series) {
                 return true;
             }
             if room > 0 {
@@ -253,36 +390,182 @@ impl Storage {
         dropped
     }
 
-    /// Series currently held for `host`.
+    /// Active series (in the head) of `host`.
     pub fn series_for_host(&self, host: &str) -> usize {
-        self.index
+        self.head
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .series_for_host(host)
     }
 
-    /// Retention: drops samples older than the window and log segments nobody needs, after
-    /// checkpointing the deduplication state those segments carried. Blocking.
+    /// Periodic work: flushes the head into blocks when it is old or large enough, merges
+    /// blocks of the same window, and applies retention by time and size. Blocking.
     pub fn maintain(&self, now_ms: i64) -> Result<(), StoreError> {
+        let since = self.head_since.load(Ordering::Relaxed);
+        let samples = self
+            .head
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .sample_count();
+        if samples > 0
+            && (samples >= self.config.flush_samples
+                || now_ms.saturating_sub(since) >= self.config.flush_after_ms)
+        {
+            self.flush()?;
+        }
+        self.compact()?;
+        self.retention(now_ms)
+    }
+
+    /// Writes the whole head into blocks and removes the log before that point. Blocking.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let _m = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        let (old, cut) = {
+            let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
+            let cut = self.wal.end();
+            let old = std::mem::take(&mut *self.head.write().unwrap_or_else(|p| p.into_inner()));
+            self.head_since.store(i64::MAX, Ordering::Relaxed);
+            let old = Arc::new(old);
+            *self.flushing.write().unwrap_or_else(|p| p.into_inner()) = Some(old.clone());
+            (old, cut)
+        };
+        let w = self.config.block_ms;
+        let mut windows: BTreeMap<i64, Vec<(Series, MetricKind, Vec<Sample>)>> = BTreeMap::new();
+        for (series, kind, samples) in old.all_series() {
+            let mut start = 0;
+            while start < samples.len() {
+                let window = samples[start].timestamp_ms.div_euclid(w) * w;
+                let end = start + samples[start..].partition_point(|s| s.timestamp_ms < window + w);
+                windows.entry(window).or_default().push((
+                    series.clone(),
+                    kind,
+                    samples[start..end].to_vec(),
+                ));
+                start = end;
+            }
+        }
+        let written = windows.len();
+        for (window, series) in windows {
+            let b = self.write_block(window, window + w, 0, series)?;
+            self.blocks
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::new(b));
+        }
+        *self.flushing.write().unwrap_or_else(|p| p.into_inner()) = None;
+        // the deduplication state of the records about to go, then the flush point, then them
+        self.write_checkpoint()?;
+        write_atomic(
+            &self.dir.join("flushed"),
+            format!("{}:{}\n", cut.segment, cut.offset).as_bytes(),
+        )
+        .map_err(|e| StoreError::Checkpoint(self.dir.join("flushed"), e))?;
+        let removed = self.wal.remove_before(cut)?;
+        info!(
+            blocks = written,
+            samples = old.sample_count(),
+            log_segments_removed = removed,
+            "head flushed"
+        );
+        Ok(())
+    }
+
+    fn write_block(
+        &self,
+        mint: i64,
+        maxt: i64,
+        resolution_ms: i64,
+        series: Vec<(Series, MetricKind, Vec<Sample>)>,
+    ) -> Result<Block, StoreError> {
+        let meta = BlockMeta {
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            mint,
+            maxt,
+            resolution_ms,
+            series: 0,
+            samples: 0,
+            bytes: 0,
+        };
+        block::write(&self.dir.join("blocks"), meta, series).map_err(StoreError::Block)
+    }
+
+    /// Merges blocks that share a window into one.
+    fn compact(&self) -> Result<(), StoreError> {
+        let _m = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        let mut groups: BTreeMap<(i64, i64, i64), Vec<Arc<Block>>> = BTreeMap::new();
+        for b in self.blocks.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            groups
+                .entry((b.meta.mint, b.meta.maxt, b.meta.resolution_ms))
+                .or_default()
+                .push(b.clone());
+        }
+        for ((mint, maxt, res), group) in groups.into_iter().filter(|(_, g)| g.len() > 1) {
+            let mut sources = Vec::new();
+            for b in &group {
+                sources.push(b.all().map_err(StoreError::Block)?);
+            }
+            let merged = self.write_block(mint, maxt, res, merge_sources(sources))?;
+            let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
+            blocks.retain(|b| !group.iter().any(|g| Arc::ptr_eq(b, g)));
+            blocks.push(Arc::new(merged));
+            blocks.sort_by_key(|b| b.meta.seq);
+            drop(blocks);
+            for b in &group {
+                std::fs::remove_dir_all(&b.dir)
+                    .map_err(|e| StoreError::Block(format!("{}: {e}", b.dir.display())))?;
+            }
+            info!(
+                window_start = mint,
+                merged = group.len(),
+                "blocks compacted"
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes blocks past the retention time, then the oldest blocks while over the size
+    /// limit, and trims the head.
+    fn retention(&self, now_ms: i64) -> Result<(), StoreError> {
+        let _m = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
         let cutoff = now_ms - self.config.retention_ms;
-        self.index
+        self.head
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .trim_before(cutoff);
-        let remove_before = {
-            let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
-            let mut last = None;
-            while marks.len() > 1 && marks.get(1).is_some_and(|(t, _)| *t < cutoff) {
-                last = marks.pop_front();
+        let mut doomed = Vec::new();
+        {
+            let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
+            blocks.retain(|b| {
+                let keep = b.meta.maxt > cutoff;
+                if !keep {
+                    doomed.push(b.clone());
+                }
+                keep
+            });
+            if self.config.max_bytes > 0 {
+                let mut total: u64 =
+                    blocks.iter().map(|b| b.meta.bytes).sum::<u64>() + self.wal.disk_bytes();
+                let mut by_age: Vec<Arc<Block>> = blocks.clone();
+                by_age.sort_by_key(|b| (b.meta.mint, b.meta.seq));
+                for b in by_age {
+                    if total <= self.config.max_bytes {
+                        break;
+                    }
+                    total = total.saturating_sub(b.meta.bytes);
+                    blocks.retain(|x| !Arc::ptr_eq(x, &b));
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        window_start = b.meta.mint,
+                        bytes = b.meta.bytes,
+                        "store over its size limit: oldest block removed"
+                    );
+                    doomed.push(b);
+                }
             }
-            last.and_then(|_| marks.front().map(|(_, lsn)| *lsn))
-        };
-        if let Some(lsn) = remove_before {
-            self.write_checkpoint()?;
-            let removed = self.wal.remove_before(lsn)?;
-            if removed > 0 {
-                info!(segments = removed, "log segments past retention removed");
-            }
+        }
+        for b in doomed {
+            std::fs::remove_dir_all(&b.dir)
+                .map_err(|e| StoreError::Block(format!("{}: {e}", b.dir.display())))?;
         }
         Ok(())
     }
@@ -300,15 +583,10 @@ impl Storage {
                 )
             })
             .collect();
-        let err = |e: String| StoreError::Checkpoint(self.checkpoint.clone(), e);
-        let bytes = serde_json::to_vec(&snapshot).map_err(|e| err(e.to_string()))?;
-        let tmp = self.checkpoint.with_extension("json.tmp");
-        std::fs::write(&tmp, bytes).map_err(|e| err(e.to_string()))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, &self.checkpoint).map_err(|e| err(e.to_string()))?;
-        Ok(())
+        let bytes = serde_json::to_vec(&snapshot)
+            .map_err(|e| StoreError::Checkpoint(self.checkpoint.clone(), e.to_string()))?;
+        write_atomic(&self.checkpoint, &bytes)
+            .map_err(|e| StoreError::Checkpoint(self.checkpoint.clone(), e))
     }
 
     /// The end of the log: where the next batch will be written.
@@ -318,16 +596,12 @@ impl Storage {
 
     /// The metric samples logged from `from` on, in the order they were made durable, whole
     /// records until about `max_samples`. Returns them, where the next read starts, and whether
-    /// part of the log had already been removed by retention. Blocking.
+    /// part of the log had already been removed. Blocking.
     pub fn read_log(
         &self,
         from: Lsn,
         max_samples: usize,
     ) -> Result<(Vec<SeriesSamples>, Lsn, bool), StoreError> {
-        let limits = FrameLimits {
-            max_payload_bytes: u32::MAX,
-            max_decoded_bytes: u32::MAX,
-        };
         let mut out = Vec::new();
         let mut samples = 0usize;
         let mut resume = None;
@@ -336,7 +610,7 @@ impl Storage {
                 resume = Some(lsn);
                 return false;
             }
-            match codec::decode_value::<WalRecord>(bytes, &limits) {
+            match codec::decode_value::<WalRecord>(bytes, &LIMITS) {
                 Ok(rec) => {
                     samples += rec
                         .batch
@@ -355,12 +629,20 @@ impl Storage {
 
     /// Counts for the metrics.
     pub fn stats(&self) -> StoreStats {
-        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let head = self.head.read().unwrap_or_else(|p| p.into_inner());
+        let blocks = self.blocks.read().unwrap_or_else(|p| p.into_inner());
         StoreStats {
-            series: index.series_count(),
-            samples: index.sample_count(),
-            replaced_samples: self.replaced.load(std::sync::atomic::Ordering::Relaxed),
+            series: head.series_count(),
+            samples: head.sample_count()
+                + blocks
+                    .iter()
+                    .map(|b| b.meta.samples as usize)
+                    .sum::<usize>(),
+            replaced_samples: self.replaced.load(Ordering::Relaxed),
             wal_bytes: self.wal.disk_bytes(),
+            blocks: blocks.len(),
+            block_bytes: blocks.iter().map(|b| b.meta.bytes).sum(),
+            size_evictions: self.evictions.load(Ordering::Relaxed),
         }
     }
 }
@@ -368,13 +650,9 @@ impl Storage {
 /// The agent batches in a store's log in the order they were made durable: (host, seq,
 /// oldest sample ms, newest sample ms). For tests and diagnostics; run it on a stopped store.
 pub fn arrival_order(dir: &Path) -> Result<Vec<(String, u64, i64, i64)>, StoreError> {
-    let limits = FrameLimits {
-        max_payload_bytes: u32::MAX,
-        max_decoded_bytes: u32::MAX,
-    };
     let mut out = Vec::new();
     Wal::open(&dir.join("wal"), WalConfig::default(), |_, bytes| {
-        if let Ok(rec) = codec::decode_value::<WalRecord>(bytes, &limits) {
+        if let Ok(rec) = codec::decode_value::<WalRecord>(bytes, &LIMITS) {
             if rec.seq == 0 {
                 return;
             }
@@ -444,7 +722,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig {
             retention_ms: i64::MAX / 4,
-            sync: true,
+            ..Default::default()
         };
         {
             let (s, _) = Storage::open(dir.path(), cfg.clone()).unwrap();
@@ -482,6 +760,8 @@ mod tests {
         let cfg = StoreConfig {
             retention_ms: 3_600_000,
             sync: false,
+            block_ms: 60_000,
+            ..Default::default()
         };
         let (s, _) = Storage::open(dir.path(), cfg.clone()).unwrap();
         s.apply("a", batch(1, 0), 0).unwrap();
@@ -494,5 +774,120 @@ mod tests {
             s.apply("a", batch(1, 0), 8_000_000).unwrap(),
             ApplyOutcome::Duplicate
         );
+    }
+
+    fn series_batch(seq: u64, name: &str, times: &[i64]) -> Batch {
+        let mut b = Batch::new(Lane::Metrics, times[0]);
+        b.seq = seq;
+        b.metrics.push(SeriesSamples {
+            series: Series::new(name, [Label::new("host", "a")]),
+            kind: MetricKind::Gauge,
+            samples: times
+                .iter()
+                .map(|&t| Sample {
+                    timestamp_ms: t,
+                    value: t as f64,
+                })
+                .collect(),
+        });
+        b
+    }
+
+    fn times_of(store: &Storage, name: &str) -> Vec<i64> {
+        store
+            .select(
+                &[Matcher::new(MatchOp::Equal, "__name__", name)],
+                i64::MIN,
+                i64::MAX,
+            )
+            .into_iter()
+            .flat_map(|(_, _, s)| s.into_iter().map(|x| x.timestamp_ms))
+            .collect()
+    }
+
+    #[test]
+    fn flushed_blocks_and_replayed_log_hold_everything_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            block_ms: 3_600_000,
+            ..Default::default()
+        };
+        let hour = 3_600_000;
+        {
+            let (s, _) = Storage::open(dir.path(), cfg.clone()).unwrap();
+            s.apply(
+                "a",
+                series_batch(1, "m", &[hour, hour + 1000, 2 * hour + 5]),
+                0,
+            )
+            .unwrap();
+            s.flush().unwrap();
+            assert_eq!(s.stats().blocks, 2, "one block per window");
+            s.apply("a", series_batch(2, "m", &[3 * hour]), 0).unwrap();
+            assert_eq!(
+                times_of(&s, "m"),
+                vec![hour, hour + 1000, 2 * hour + 5, 3 * hour]
+            );
+        }
+        let (s, replayed) = Storage::open(dir.path(), cfg).unwrap();
+        assert_eq!(
+            replayed, 1,
+            "only the record after the flush point is replayed"
+        );
+        assert_eq!(
+            times_of(&s, "m"),
+            vec![hour, hour + 1000, 2 * hour + 5, 3 * hour]
+        );
+        assert_eq!(
+            s.apply("a", series_batch(1, "m", &[hour]), 0).unwrap(),
+            ApplyOutcome::Duplicate
+        );
+        assert_eq!(s.stats().replaced_samples, 0);
+    }
+
+    #[test]
+    fn a_backlog_older_than_flushed_data_is_merged_and_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            block_ms: 3_600_000,
+            ..Default::default()
+        };
+        let (s, _) = Storage::open(dir.path(), cfg).unwrap();
+        // live data first, flushed; then the backlog for the same hour arrives
+        s.apply("a", series_batch(1, "m", &[30_000, 40_000]), 0)
+            .unwrap();
+        s.flush().unwrap();
+        s.apply("a", series_batch(2, "m", &[10_000, 20_000, 40_000]), 0)
+            .unwrap();
+        s.flush().unwrap();
+        assert_eq!(
+            s.stats().blocks,
+            2,
+            "two overlapping blocks before compaction"
+        );
+        assert_eq!(times_of(&s, "m"), vec![10_000, 20_000, 30_000, 40_000]);
+        s.compact().unwrap();
+        assert_eq!(s.stats().blocks, 1);
+        assert_eq!(times_of(&s, "m"), vec![10_000, 20_000, 30_000, 40_000]);
+        assert_eq!(s.stats().samples, 4);
+    }
+
+    #[test]
+    fn size_limit_removes_the_oldest_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            block_ms: 60_000,
+            max_bytes: 1,
+            ..Default::default()
+        };
+        let (s, _) = Storage::open(dir.path(), cfg).unwrap();
+        s.apply("a", series_batch(1, "m", &[0, 60_000, 120_000]), 0)
+            .unwrap();
+        s.flush().unwrap();
+        assert_eq!(s.stats().blocks, 3);
+        s.retention(200_000).unwrap();
+        assert_eq!(s.stats().blocks, 0);
+        assert_eq!(s.stats().size_evictions, 3);
+        assert!(times_of(&s, "m").is_empty());
     }
 }

@@ -1,0 +1,290 @@
+//! Persisted blocks: immutable directories holding the samples of one time window.
+//!
+//! ```text
+//! blocks/SEQ-MINT-MAXT/
+//!   chunks      Gorilla chunks back to back
+//!   index       the series, their types and chunk references (fleetwatch codec frame)
+//!   meta.json   window, resolution, counts
+//! ```
+//!
+//! A block is written to a `.tmp-` directory, fsynced and renamed into place, so a crash leaves
+//! either the whole block or a temporary directory that the next open removes. Blocks of the
+//! same window may overlap (a backlog flushed after live data); a read merges them, the higher
+//! sequence number winning on equal timestamps, and compaction later merges them into one.
+
+use super::chunk::{ChunkIter, ChunkWriter};
+use super::head::{matches, CHUNK_SAMPLES};
+use fleetwatch_common::codec::{self, FrameLimits};
+use fleetwatch_common::model::{MetricKind, Sample, Series};
+use promql_parser::label::{MatchOp, Matcher};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// What a block holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BlockMeta {
+    /// Order of creation: on equal timestamps the higher wins.
+    pub seq: u64,
+    /// Window start (inclusive), ms.
+    pub mint: i64,
+    /// Window end (exclusive), ms.
+    pub maxt: i64,
+    /// 0 for raw samples; otherwise the rollup bucket width in ms.
+    pub resolution_ms: i64,
+    /// Series in the block.
+    pub series: usize,
+    /// Samples in the block.
+    pub samples: u64,
+    /// Bytes of the block's files.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ChunkRef {
+    mint: i64,
+    maxt: i64,
+    offset: u64,
+    len: u32,
+    count: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BlockSeries {
+    series: Series,
+    kind: MetricKind,
+    chunks: Vec<ChunkRef>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct BlockIndex {
+    series: Vec<BlockSeries>,
+}
+
+/// An open block.
+pub struct Block {
+    /// Its description.
+    pub meta: BlockMeta,
+    /// Its directory.
+    pub dir: PathBuf,
+    index: BlockIndex,
+    postings: HashMap<(String, String), Vec<u32>>,
+    chunks: File,
+}
+
+fn io(path: &Path, e: std::io::Error) -> String {
+    format!("{}: {e}", path.display())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), String> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(dir, e))
+}
+
+/// The directory name of a block.
+pub fn dir_name(seq: u64, mint: i64, maxt: i64) -> String {
+    format!("{seq:020}-{mint}-{maxt}")
+}
+
+/// Writes a block of `series` (each with its samples sorted, limited to the window) into
+/// `parent`, returning it opened.
+pub fn write(
+    parent: &Path,
+    mut meta: BlockMeta,
+    series: impl IntoIterator<Item = (Series, MetricKind, Vec<Sample>)>,
+) -> Result<Block, String> {
+    let name = dir_name(meta.seq, meta.mint, meta.maxt);
+    let tmp = parent.join(format!(".tmp-{name}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    let chunks_path = tmp.join("chunks");
+    let mut chunks =
+        std::io::BufWriter::new(File::create(&chunks_path).map_err(|e| io(&chunks_path, e))?);
+    let mut offset = 0u64;
+    let mut index = BlockIndex { series: Vec::new() };
+    let mut samples = 0u64;
+    for (s, kind, points) in series {
+        if points.is_empty() {
+            continue;
+        }
+        let mut refs = Vec::new();
+        for part in points.chunks(CHUNK_SAMPLES as usize) {
+            let mut w = ChunkWriter::default();
+            for p in part {
+                w.append(p.timestamp_ms, p.value);
+            }
+            chunks
+                .write_all(w.bytes())
+                .map_err(|e| io(&chunks_path, e))?;
+            refs.push(ChunkRef {
+                mint: w.first_t(),
+                maxt: w.last_t(),
+                offset,
+                len: w.bytes().len() as u32,
+                count: w.count(),
+            });
+            offset += w.bytes().len() as u64;
+        }
+        samples += points.len() as u64;
+        index.series.push(BlockSeries {
+            series: s,
+            kind,
+            chunks: refs,
+        });
+    }
+    index.series.sort_by(|a, b| a.series.cmp(&b.series));
+    let file = chunks
+        .into_inner()
+        .map_err(|e| io(&chunks_path, e.into_error()))?;
+    file.sync_all().map_err(|e| io(&chunks_path, e))?;
+    let index_path = tmp.join("index");
+    let index_bytes =
+        codec::encode_value(&index).map_err(|e| format!("{}: {e}", index_path.display()))?;
+    write_synced(&index_path, &index_bytes)?;
+    meta.series = index.series.len();
+    meta.samples = samples;
+    meta.bytes = offset + index_bytes.len() as u64;
+    let meta_path = tmp.join("meta.json");
+    let meta_bytes =
+        serde_json::to_vec_pretty(&meta).map_err(|e| format!("{}: {e}", meta_path.display()))?;
+    write_synced(&meta_path, &meta_bytes)?;
+    sync_dir(&tmp)?;
+    let dir = parent.join(&name);
+    std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
+    sync_dir(parent)?;
+    Block::open(&dir)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut f = File::create(path).map_err(|e| io(path, e))?;
+    f.write_all(bytes).map_err(|e| io(path, e))?;
+    f.sync_all().map_err(|e| io(path, e))
+}
+
+impl Block {
+    /// Opens the block in `dir`.
+    pub fn open(dir: &Path) -> Result<Block, String> {
+        let meta_path = dir.join("meta.json");
+        let meta: BlockMeta =
+            serde_json::from_slice(&std::fs::read(&meta_path).map_err(|e| io(&meta_path, e))?)
+                .map_err(|e| format!("{}: {e}", meta_path.display()))?;
+        let index_path = dir.join("index");
+        let bytes = std::fs::read(&index_path).map_err(|e| io(&index_path, e))?;
+        let limits = FrameLimits {
+            max_payload_bytes: u32::MAX,
+            max_decoded_bytes: u32::MAX,
+        };
+        let index: BlockIndex = codec::decode_value(&bytes, &limits)
+            .map_err(|e| format!("{}: {e}", index_path.display()))?;
+        let mut postings: HashMap<(String, String), Vec<u32>> = HashMap::new();
+        for (id, s) in index.series.iter().enumerate() {
+            postings
+                .entry(("__name__".into(), s.series.name.clone()))
+                .or_default()
+                .push(id as u32);
+            for l in &s.series.labels {
+                postings
+                    .entry((l.name.clone(), l.value.clone()))
+                    .or_default()
+                    .push(id as u32);
+            }
+        }
+        let chunks_path = dir.join("chunks");
+        let chunks = File::open(&chunks_path).map_err(|e| io(&chunks_path, e))?;
+        Ok(Block {
+            meta,
+            dir: dir.to_path_buf(),
+            index,
+            postings,
+            chunks,
+        })
+    }
+
+    fn candidates(&self, matchers: &[Matcher]) -> Vec<u32> {
+        let mut lists: Vec<&Vec<u32>> = Vec::new();
+        for m in matchers {
+            if matches!(m.op, MatchOp::Equal) && !m.value.is_empty() {
+                match self.postings.get(&(m.name.clone(), m.value.clone())) {
+                    Some(l) => lists.push(l),
+                    None => return Vec::new(),
+                }
+            }
+        }
+        lists.sort_by_key(|l| l.len());
+        match lists.split_first() {
+            None => (0..self.index.series.len() as u32).collect(),
+            Some((first, rest)) => first
+                .iter()
+                .copied()
+                .filter(|id| rest.iter().all(|l| l.binary_search(id).is_ok()))
+                .collect(),
+        }
+    }
+
+    /// Series matching, with their samples in `[start, end]`.
+    pub fn select(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(Series, MetricKind, Vec<Sample>)>, String> {
+        if end < self.meta.mint || start >= self.meta.maxt {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for id in self.candidates(matchers) {
+            let s = &self.index.series[id as usize];
+            if !matches(&s.series, matchers) {
+                continue;
+            }
+            let mut samples = Vec::new();
+            for c in s.chunks.iter().filter(|c| c.maxt >= start && c.mint <= end) {
+                buf.resize(c.len as usize, 0);
+                self.chunks
+                    .read_exact_at(&mut buf, c.offset)
+                    .map_err(|e| io(&self.dir.join("chunks"), e))?;
+                samples.extend(
+                    ChunkIter::new(&buf, c.count)
+                        .filter(|(t, _)| *t >= start && *t <= end)
+                        .map(|(t, v)| Sample {
+                            timestamp_ms: t,
+                            value: v,
+                        }),
+                );
+            }
+            if !samples.is_empty() {
+                out.push((s.series.clone(), s.kind, samples));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every series with all its samples.
+    pub fn all(&self) -> Result<Vec<(Series, MetricKind, Vec<Sample>)>, String> {
+        self.select(&[], i64::MIN, i64::MAX)
+    }
+}
+
+/// Blocks in `parent`, oldest sequence first; temporary directories from a crash are removed.
+pub fn open_all(parent: &Path) -> Result<Vec<Block>, String> {
+    std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(parent).map_err(|e| io(parent, e))? {
+        let entry = entry.map_err(|e| io(parent, e))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with(".tmp-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+            continue;
+        }
+        if entry.path().join("meta.json").is_file() {
+            out.push(Block::open(&entry.path())?);
+        }
+    }
+    out.sort_by_key(|b| b.meta.seq);
+    Ok(out)
+}
