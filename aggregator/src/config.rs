@@ -162,8 +162,10 @@ impl Default for FleetConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
-    /// Hours of samples kept.
+    /// Hours of raw samples kept.
     pub retention_hours: f64,
+    /// Hours of 5-minute and 1-hour rollups kept (for long charts).
+    pub rollup_retention_hours: f64,
     /// Most bytes the store may take on disk (blocks and log); the oldest blocks are removed
     /// beyond it. 0: no limit.
     pub max_bytes: u64,
@@ -177,6 +179,7 @@ impl Default for StoreSettings {
     fn default() -> Self {
         Self {
             retention_hours: 30.0 * 24.0,
+            rollup_retention_hours: 365.0 * 24.0,
             max_bytes: 0,
             flush_minutes: 30.0,
             block_hours: 2.0,
@@ -189,6 +192,7 @@ impl StoreSettings {
     pub fn store_config(&self) -> crate::store::StoreConfig {
         crate::store::StoreConfig {
             retention_ms: (self.retention_hours * 3_600_000.0) as i64,
+            rollup_retention_ms: (self.rollup_retention_hours * 3_600_000.0) as i64,
             max_bytes: self.max_bytes,
             flush_after_ms: (self.flush_minutes * 60_000.0) as i64,
             block_ms: (self.block_hours * 3_600_000.0) as i64,
@@ -299,6 +303,14 @@ impl AggregatorConfig {
             return Err((
                 "store.retention_hours",
                 "must be a positive number of hours".into(),
+            ));
+        }
+        if !(self.store.rollup_retention_hours.is_finite()
+            && self.store.rollup_retention_hours >= self.store.retention_hours)
+        {
+            return Err((
+                "store.rollup_retention_hours",
+                "must be a number of hours at least store.retention_hours".into(),
             ));
         }
         if !(self.store.flush_minutes.is_finite() && self.store.flush_minutes > 0.0) {

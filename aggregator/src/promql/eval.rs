@@ -10,11 +10,30 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
+/// What a selection is for, so that a store may answer from downsampled data where the result
+/// would not change visibly: the query's step, and the range function reading it (with its
+/// window) if any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SelectHints {
+    /// Step between evaluations, ms (0 for an instant query).
+    pub step_ms: i64,
+    /// The function applied to a range selection (`rate`, `max_over_time`...).
+    pub func: Option<&'static str>,
+    /// The range selection's window, ms (0 for an instant selector).
+    pub range_ms: i64,
+}
+
 /// Where the evaluator reads series from.
 pub trait SeriesSource {
     /// Series matching every matcher, with their samples in `[start_ms, end_ms]` in timestamp
     /// order (staleness markers included).
-    fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<RangeSeries>;
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        hints: &SelectHints,
+    ) -> Vec<RangeSeries>;
 }
 
 /// The subquery step when the query gives none (Prometheus' default evaluation interval).
@@ -164,8 +183,15 @@ impl<'a> Evaluator<'a> {
         matchers: &[Matcher],
         start: i64,
         end: i64,
+        func: Option<&'static str>,
+        range_ms: i64,
     ) -> Result<Vec<RangeSeries>, QueryError> {
-        let series = self.source.select(matchers, start, end);
+        let hints = SelectHints {
+            step_ms: if self.end > self.start { self.step } else { 0 },
+            func,
+            range_ms,
+        };
+        let series = self.source.select(matchers, start, end, &hints);
         let n: usize = series.iter().map(|s| s.samples.len()).sum();
         let total = self.loaded.get() + n;
         self.loaded.set(total);
@@ -248,7 +274,7 @@ impl<'a> Evaluator<'a> {
             None => (self.start - off, self.end - off),
         };
         let lookback = self.settings.lookback_ms;
-        for s in self.select(&matchers, lo - lookback, hi)? {
+        for s in self.select(&matchers, lo - lookback, hi, None, 0)? {
             let mut next = 0;
             for (k, &t) in times.iter().enumerate() {
                 let r = at.unwrap_or(t) - off;
@@ -273,8 +299,12 @@ impl<'a> Evaluator<'a> {
         Ok(out)
     }
 
-    /// A matrix selector or subquery, loaded for every step's window.
-    pub(super) fn eval_range_input(&self, expr: &Expr) -> Result<RangeInput, QueryError> {
+    /// A matrix selector or subquery, loaded for every step's window, to be read by `func`.
+    pub(super) fn eval_range_input(
+        &self,
+        expr: &Expr,
+        func: Option<&'static str>,
+    ) -> Result<RangeInput, QueryError> {
         match unparen(expr) {
             Expr::MatrixSelector(m) => {
                 let matchers = selector_matchers(&m.vs)?;
@@ -285,7 +315,7 @@ impl<'a> Evaluator<'a> {
                     Some(a) => (a - off, a - off),
                     None => (self.start - off, self.end - off),
                 };
-                let mut series = self.select(&matchers, lo - range, hi)?;
+                let mut series = self.select(&matchers, lo - range, hi, func, range)?;
                 for s in &mut series {
                     s.samples.retain(|x| !value::is_stale_marker(x.value));
                 }

@@ -29,25 +29,31 @@ pub(super) fn call(ev: &Evaluator<'_>, call: &Call) -> Result<Evaluated, QueryEr
     let name = call.func.name;
     let args: Vec<&Expr> = call.args.args.iter().map(|a| a.as_ref()).collect();
     let out = match name {
-        "rate" => range_fn(ev, args[0], true, |w| extrapolated_rate(w, true, true))?,
-        "increase" => range_fn(ev, args[0], true, |w| extrapolated_rate(w, true, false))?,
-        "delta" => range_fn(ev, args[0], true, |w| extrapolated_rate(w, false, false))?,
-        "irate" => range_fn(ev, args[0], true, |w| instant_value(w, true))?,
-        "idelta" => range_fn(ev, args[0], true, |w| instant_value(w, false))?,
-        "deriv" => range_fn(ev, args[0], true, |w| {
+        "rate" => range_fn(ev, name, args[0], true, |w| {
+            extrapolated_rate(w, true, true)
+        })?,
+        "increase" => range_fn(ev, name, args[0], true, |w| {
+            extrapolated_rate(w, true, false)
+        })?,
+        "delta" => range_fn(ev, name, args[0], true, |w| {
+            extrapolated_rate(w, false, false)
+        })?,
+        "irate" => range_fn(ev, name, args[0], true, |w| instant_value(w, true))?,
+        "idelta" => range_fn(ev, name, args[0], true, |w| instant_value(w, false))?,
+        "deriv" => range_fn(ev, name, args[0], true, |w| {
             (w.samples.len() >= 2)
                 .then(|| linear_regression(w.samples, w.samples[0].timestamp_ms).0)
         })?,
         "predict_linear" => {
             let secs = scalar_arg(ev, args[1])?;
-            range_fn(ev, args[0], true, |w| {
+            range_fn(ev, name, args[0], true, |w| {
                 (w.samples.len() >= 2).then(|| {
                     let (slope, intercept) = linear_regression(w.samples, w.t);
                     intercept + slope * secs[w.k]
                 })
             })?
         }
-        "changes" => range_fn(ev, args[0], true, |w| {
+        "changes" => range_fn(ev, name, args[0], true, |w| {
             Some(
                 w.samples
                     .windows(2)
@@ -57,7 +63,7 @@ pub(super) fn call(ev: &Evaluator<'_>, call: &Call) -> Result<Evaluated, QueryEr
                     .count() as f64,
             )
         })?,
-        "resets" => range_fn(ev, args[0], true, |w| {
+        "resets" => range_fn(ev, name, args[0], true, |w| {
             Some(
                 w.samples
                     .windows(2)
@@ -65,24 +71,28 @@ pub(super) fn call(ev: &Evaluator<'_>, call: &Call) -> Result<Evaluated, QueryEr
                     .count() as f64,
             )
         })?,
-        "avg_over_time" => range_fn(ev, args[0], true, |w| Some(avg(w.samples)))?,
-        "sum_over_time" => range_fn(ev, args[0], true, |w| {
+        "avg_over_time" => range_fn(ev, name, args[0], true, |w| Some(avg(w.samples)))?,
+        "sum_over_time" => range_fn(ev, name, args[0], true, |w| {
             Some(kahan(w.samples.iter().map(|s| s.value)))
         })?,
-        "count_over_time" => range_fn(ev, args[0], true, |w| Some(w.samples.len() as f64))?,
-        "min_over_time" => range_fn(ev, args[0], true, |w| {
+        "count_over_time" => range_fn(ev, name, args[0], true, |w| Some(w.samples.len() as f64))?,
+        "min_over_time" => range_fn(ev, name, args[0], true, |w| {
             Some(extreme(w.samples, |a, b| b < a))
         })?,
-        "max_over_time" => range_fn(ev, args[0], true, |w| {
+        "max_over_time" => range_fn(ev, name, args[0], true, |w| {
             Some(extreme(w.samples, |a, b| b > a))
         })?,
-        "last_over_time" => range_fn(ev, args[0], false, |w| w.samples.last().map(|s| s.value))?,
-        "present_over_time" => range_fn(ev, args[0], true, |_| Some(1.0))?,
-        "stddev_over_time" => range_fn(ev, args[0], true, |w| Some(variance(w.samples).sqrt()))?,
-        "stdvar_over_time" => range_fn(ev, args[0], true, |w| Some(variance(w.samples)))?,
+        "last_over_time" => range_fn(ev, name, args[0], false, |w| {
+            w.samples.last().map(|s| s.value)
+        })?,
+        "present_over_time" => range_fn(ev, name, args[0], true, |_| Some(1.0))?,
+        "stddev_over_time" => range_fn(ev, name, args[0], true, |w| {
+            Some(variance(w.samples).sqrt())
+        })?,
+        "stdvar_over_time" => range_fn(ev, name, args[0], true, |w| Some(variance(w.samples)))?,
         "quantile_over_time" => {
             let q = scalar_arg(ev, args[0])?;
-            range_fn(ev, args[1], true, |w| {
+            range_fn(ev, name, args[1], true, |w| {
                 Some(quantile(
                     q[w.k],
                     w.samples.iter().map(|s| s.value).collect(),
@@ -264,11 +274,12 @@ fn map_values_k(
 /// Applies a range function to every series' window at every step.
 fn range_fn(
     ev: &Evaluator<'_>,
+    func: &'static str,
     arg: &Expr,
     drop_name: bool,
     f: impl Fn(&Window<'_>) -> Option<f64>,
 ) -> Result<Evaluated, QueryError> {
-    let input = ev.eval_range_input(arg)?;
+    let input = ev.eval_range_input(arg, Some(func))?;
     let times = ev.times();
     let mut out: Vec<Vector> = vec![Vec::new(); times.len()];
     for s in &input.series {
@@ -538,7 +549,7 @@ fn absent(ev: &Evaluator<'_>, arg: &Expr) -> Result<Evaluated, QueryError> {
 
 fn absent_over_time(ev: &Evaluator<'_>, arg: &Expr) -> Result<Evaluated, QueryError> {
     let labels = absent_labels(arg);
-    let present = range_fn(ev, arg, true, |_| Some(1.0))?;
+    let present = range_fn(ev, "absent_over_time", arg, true, |_| Some(1.0))?;
     let Evaluated::Vector(steps) = present else {
         unreachable!("range_fn returns vectors")
     };

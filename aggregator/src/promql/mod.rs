@@ -15,7 +15,7 @@ mod value;
 #[cfg(test)]
 mod tests;
 
-pub use eval::{selector_matchers, SeriesSource, Settings};
+pub use eval::{selector_matchers, SelectHints, SeriesSource, Settings};
 pub use value::{get as label_value, is_stale_marker, Labels, RangeSeries};
 
 use eval::{to_series, unparen, Evaluator};
@@ -92,7 +92,7 @@ pub fn instant(
     match unparen(&expr) {
         // a range vector is the whole query: its raw samples
         e @ (Expr::MatrixSelector(_) | Expr::Subquery(_)) => {
-            let input = ev.eval_range_input(e)?;
+            let input = ev.eval_range_input(e, None)?;
             let end = input.window_end(t_ms);
             let start = end - input.range_ms;
             let mut series: Vec<RangeSeries> = input

@@ -10,7 +10,13 @@ use promql_parser::label::Matcher;
 struct Mem(Vec<(String, Vec<Label>, Vec<Sample>)>);
 
 impl SeriesSource for Mem {
-    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<RangeSeries> {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        _: &SelectHints,
+    ) -> Vec<RangeSeries> {
         self.0
             .iter()
             .filter(|(n, l, _)| matches(&Series::new(n.clone(), l.clone()), matchers))

@@ -7,12 +7,14 @@
 //! write, which makes storage exactly once.
 //!
 //! Blocks of the same window (a backlog flushed after live data) are merged by compaction;
-//! retention removes whole blocks by age and, with a size limit, oldest first.
+//! complete windows get 5-minute and 1-hour rollups (see [`crate::tsdb::rollup`]), kept longer
+//! than raw samples; retention removes whole blocks by age and, with a size limit, oldest first.
 
 pub mod applied;
 
 use crate::tsdb::block::{self, Block, BlockMeta};
 use crate::tsdb::head::{self, Head};
+use crate::tsdb::rollup;
 pub use crate::wal::Lsn;
 use crate::wal::{Wal, WalConfig};
 use applied::{AppliedMap, AppliedSeqs};
@@ -29,8 +31,10 @@ use tracing::{info, warn};
 /// Settings of the store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// How long samples are kept, in milliseconds.
+    /// How long raw samples are kept, in milliseconds.
     pub retention_ms: i64,
+    /// How long rollups (5-minute and 1-hour) are kept, in milliseconds.
+    pub rollup_retention_ms: i64,
     /// Most bytes of blocks and log together; the oldest blocks go first beyond it. 0: no limit.
     pub max_bytes: u64,
     /// fsync before acknowledging (turn off only for benchmarks of the rest of the pipeline).
@@ -47,6 +51,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             retention_ms: 30 * 86_400_000,
+            rollup_retention_ms: 365 * 86_400_000,
             max_bytes: 0,
             sync: true,
             block_ms: 2 * 3_600_000,
@@ -326,26 +331,86 @@ impl Storage {
     }
 
     /// Series matching `matchers` with their samples in `[start_ms, end_ms]`, merged over the
-    /// blocks and the head.
+    /// blocks and the head, all raw.
     pub fn select(
         &self,
         matchers: &[Matcher],
         start_ms: i64,
         end_ms: i64,
     ) -> Vec<(Series, MetricKind, Vec<Sample>)> {
+        self.select_hinted(
+            matchers,
+            start_ms,
+            end_ms,
+            &crate::promql::SelectHints::default(),
+        )
+    }
+
+    /// Like [`Self::select`], reading rollups where `hints` allow it (see
+    /// [`crate::tsdb::rollup::choose`]) and for windows whose raw samples are past retention.
+    pub fn select_hinted(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        hints: &crate::promql::SelectHints,
+    ) -> Vec<(Series, MetricKind, Vec<Sample>)> {
+        let choice = rollup::choose(hints);
         let blocks: Vec<Arc<Block>> = self
             .blocks
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|b| {
-                b.meta.resolution_ms == 0 && b.meta.maxt > start_ms && b.meta.mint <= end_ms
-            })
+            .filter(|b| b.meta.maxt > start_ms && b.meta.mint <= end_ms)
             .cloned()
             .collect();
-        let mut sources = Vec::with_capacity(blocks.len() + 2);
-        for b in &blocks {
-            match b.select(matchers, start_ms, end_ms) {
+        // per window: the wanted rollup if there is one, else raw, else the finest rollup
+        let mut windows: BTreeMap<(i64, i64), Vec<Arc<Block>>> = BTreeMap::new();
+        for b in blocks {
+            windows
+                .entry((b.meta.mint, b.meta.maxt))
+                .or_default()
+                .push(b);
+        }
+        let mut chosen: Vec<(Arc<Block>, Option<&'static str>)> = Vec::new();
+        for (_, group) in windows {
+            let at = |res: i64| group.iter().filter(move |b| b.meta.resolution_ms == res);
+            let wanted = (choice.resolution_ms > 0)
+                .then(|| at(choice.resolution_ms).max_by_key(|b| b.meta.seq))
+                .flatten();
+            if let (Some(b), Some(agg)) = (wanted, choice.aggregate) {
+                chosen.push((b.clone(), Some(agg)));
+            } else if at(0).next().is_some() {
+                chosen.extend(at(0).map(|b| (b.clone(), None)));
+            } else if let Some(agg) = choice.aggregate {
+                if let Some(b) = rollup::RESOLUTIONS
+                    .iter()
+                    .find_map(|&r| at(r).max_by_key(|b| b.meta.seq))
+                {
+                    chosen.push((b.clone(), Some(agg)));
+                }
+            }
+        }
+        chosen.sort_by_key(|(b, _)| b.meta.seq);
+        let mut sources = Vec::with_capacity(chosen.len() + 2);
+        for (b, agg) in chosen {
+            let found = match agg {
+                None => b.select(matchers, start_ms, end_ms),
+                Some(agg) => {
+                    let mut m = matchers.to_vec();
+                    m.push(Matcher::new(
+                        promql_parser::label::MatchOp::Equal,
+                        rollup::LABEL,
+                        agg,
+                    ));
+                    b.select(&m, start_ms, end_ms).map(|v| {
+                        v.into_iter()
+                            .map(|(s, k, x)| (rollup::strip(s), k, x))
+                            .collect()
+                    })
+                }
+            };
+            match found {
                 Ok(found) => sources.push(found),
                 Err(error) => {
                     warn!(%error, "block unreadable; its samples are left out of this query")
@@ -414,7 +479,68 @@ impl Storage {
             self.flush()?;
         }
         self.compact()?;
+        self.downsample(now_ms)?;
         self.retention(now_ms)
+    }
+
+    /// Computes the rollups of every complete window whose raw block has none yet (or changed
+    /// since, after a backlog was compacted in).
+    fn downsample(&self, now_ms: i64) -> Result<(), StoreError> {
+        let _m = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        let blocks: Vec<Arc<Block>> = self
+            .blocks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for raw in blocks
+            .iter()
+            .filter(|b| b.meta.resolution_ms == 0 && b.meta.maxt <= now_ms - self.config.block_ms)
+        {
+            let same_window =
+                |b: &&Arc<Block>| b.meta.mint == raw.meta.mint && b.meta.maxt == raw.meta.maxt;
+            if blocks
+                .iter()
+                .filter(same_window)
+                .filter(|b| b.meta.resolution_ms == 0)
+                .count()
+                > 1
+            {
+                continue; // compaction first
+            }
+            for res in rollup::RESOLUTIONS {
+                let existing: Vec<&Arc<Block>> = blocks
+                    .iter()
+                    .filter(same_window)
+                    .filter(|b| b.meta.resolution_ms == res)
+                    .collect();
+                if existing.iter().any(|b| b.meta.source_seq == raw.meta.seq) {
+                    continue;
+                }
+                let series = rollup::rollup(raw.all().map_err(StoreError::Block)?, res);
+                let meta = BlockMeta {
+                    seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+                    mint: raw.meta.mint,
+                    maxt: raw.meta.maxt,
+                    resolution_ms: res,
+                    series: 0,
+                    samples: 0,
+                    bytes: 0,
+                    source_seq: raw.meta.seq,
+                };
+                let b = block::write(&self.dir.join("blocks"), meta, series)
+                    .map_err(StoreError::Block)?;
+                let mut all = self.blocks.write().unwrap_or_else(|p| p.into_inner());
+                all.retain(|x| !existing.iter().any(|e| Arc::ptr_eq(x, e)));
+                all.push(Arc::new(b));
+                all.sort_by_key(|b| b.meta.seq);
+                drop(all);
+                for e in existing {
+                    std::fs::remove_dir_all(&e.dir)
+                        .map_err(|err| StoreError::Block(format!("{}: {err}", e.dir.display())))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes the whole head into blocks and removes the log before that point. Blocking.
@@ -485,6 +611,7 @@ impl Storage {
             series: 0,
             samples: 0,
             bytes: 0,
+            source_seq: 0,
         };
         block::write(&self.dir.join("blocks"), meta, series).map_err(StoreError::Block)
     }
@@ -535,8 +662,13 @@ impl Storage {
         let mut doomed = Vec::new();
         {
             let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
+            let rollup_cutoff = now_ms - self.config.rollup_retention_ms;
             blocks.retain(|b| {
-                let keep = b.meta.maxt > cutoff;
+                let keep = if b.meta.resolution_ms == 0 {
+                    b.meta.maxt > cutoff
+                } else {
+                    b.meta.maxt > rollup_cutoff
+                };
                 if !keep {
                     doomed.push(b.clone());
                 }
@@ -674,8 +806,9 @@ impl crate::promql::SeriesSource for Storage {
         matchers: &[Matcher],
         start_ms: i64,
         end_ms: i64,
+        hints: &crate::promql::SelectHints,
     ) -> Vec<crate::promql::RangeSeries> {
-        Storage::select(self, matchers, start_ms, end_ms)
+        self.select_hinted(matchers, start_ms, end_ms, hints)
             .into_iter()
             .map(|(series, _, samples)| crate::promql::RangeSeries {
                 labels: crate::promql::labels_of(&series),
@@ -759,6 +892,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig {
             retention_ms: 3_600_000,
+            rollup_retention_ms: 3_600_000,
             sync: false,
             block_ms: 60_000,
             ..Default::default()
@@ -889,5 +1023,54 @@ mod tests {
         assert_eq!(s.stats().blocks, 0);
         assert_eq!(s.stats().size_evictions, 3);
         assert!(times_of(&s, "m").is_empty());
+    }
+
+    #[test]
+    fn complete_windows_get_rollups_that_wide_steps_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = 3_600_000;
+        let cfg = StoreConfig {
+            block_ms: 2 * hour,
+            retention_ms: 10 * hour,
+            rollup_retention_ms: 100 * hour,
+            ..Default::default()
+        };
+        let (s, _) = Storage::open(dir.path(), cfg).unwrap();
+        // four hours at 15 s, value = minute of the hour
+        let times: Vec<i64> = (0..4 * 240).map(|i| i * 15_000).collect();
+        let mut b = series_batch(1, "m", &times);
+        for x in &mut b.metrics[0].samples {
+            x.value = ((x.timestamp_ms / 60_000) % 60) as f64;
+        }
+        s.apply("a", b, 0).unwrap();
+        s.flush().unwrap();
+        s.maintain(6 * hour).unwrap();
+        let res: Vec<i64> = s
+            .blocks
+            .read()
+            .unwrap()
+            .iter()
+            .map(|b| b.meta.resolution_ms)
+            .collect();
+        assert_eq!(res.iter().filter(|&&r| r == 0).count(), 2);
+        assert_eq!(res.iter().filter(|&&r| r == 300_000).count(), 2);
+        assert_eq!(res.iter().filter(|&&r| r == 3_600_000).count(), 2);
+        let m = [Matcher::new(MatchOp::Equal, "__name__", "m")];
+        let raw = s.select(&m, 0, 4 * hour);
+        assert_eq!(raw[0].2.len(), 960);
+        let wide = crate::promql::SelectHints {
+            step_ms: 6 * hour,
+            func: Some("max_over_time"),
+            range_ms: 6 * hour,
+        };
+        let maxima = s.select_hinted(&m, 0, 4 * hour, &wide);
+        assert_eq!(maxima[0].0, Series::new("m", [Label::new("host", "a")]));
+        assert_eq!(maxima[0].2.len(), 4, "one point per hour");
+        assert!(maxima[0].2.iter().all(|x| x.value == 59.0));
+        // raw samples past retention: a plain selection reads the 5-minute averages
+        s.maintain(15 * hour).unwrap();
+        let averaged = s.select(&m, 0, 4 * hour);
+        assert_eq!(averaged[0].2.len(), 48, "twelve 5-minute points per hour");
+        assert_eq!(averaged[0].2[0].value, 2.0);
     }
 }

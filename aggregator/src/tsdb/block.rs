@@ -41,6 +41,9 @@ pub struct BlockMeta {
     pub samples: u64,
     /// Bytes of the block's files.
     pub bytes: u64,
+    /// For a rollup block: the sequence number of the raw block it was computed from.
+    #[serde(default)]
+    pub source_seq: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
