@@ -110,6 +110,9 @@ pub struct LimitsConfig {
     pub max_label_value_bytes: usize,
     /// Series one host may have in the store; new series beyond it are refused.
     pub max_series_per_host: usize,
+    /// Active series (in the in-memory head) the whole store may hold; new series beyond it
+    /// are refused, counted and reported to the agent, never fatal.
+    pub max_series_total: usize,
 }
 
 impl Default for LimitsConfig {
@@ -122,6 +125,7 @@ impl Default for LimitsConfig {
             max_label_name_bytes: l.max_label_name_bytes,
             max_label_value_bytes: l.max_label_value_bytes,
             max_series_per_host: 20_000,
+            max_series_total: 2_000_000,
         }
     }
 }

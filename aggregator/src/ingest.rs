@@ -299,19 +299,30 @@ async fn handle_batch(
             }
         }
         Ok(mut report) => {
-            let over = state.store.drop_new_series_over(
+            let limits = &state.config.limits;
+            let (over_host, over_total) = state.store.drop_new_series_over(
                 host,
                 &mut batch,
-                state.config.limits.max_series_per_host,
+                limits.max_series_per_host,
+                limits.max_series_total,
             );
-            if over > 0 {
-                report.dropped_items += over;
+            if over_host > 0 {
+                report.dropped_items += over_host;
                 report
                     .breaches
                     .push(fleetwatch_common::validate::Breach::TooManySeriesForHost(
                         host.to_string(),
-                        state.config.limits.max_series_per_host,
-                        over,
+                        limits.max_series_per_host,
+                        over_host,
+                    ));
+            }
+            if over_total > 0 {
+                report.dropped_items += over_total;
+                report
+                    .breaches
+                    .push(fleetwatch_common::validate::Breach::TooManySeriesTotal(
+                        limits.max_series_total,
+                        over_total,
                     ));
             }
             for b in &report.breaches {

@@ -93,6 +93,11 @@ pub enum Breach {
     /// The host already has as many series as it may; new ones are refused.
     #[error("host {0} is at its limit of {1} series; {2} new series refused")]
     TooManySeriesForHost(String, usize, u64),
+    /// The store already holds as many active series as it may; new ones are refused.
+    #[error(
+        "the store is at its limit of {0} active series; {1} new series from this batch refused"
+    )]
+    TooManySeriesTotal(usize, u64),
 }
 
 impl Breach {
@@ -111,6 +116,7 @@ impl Breach {
             Breach::LogTooLong(..) => "log_too_long",
             Breach::TooManyFields(..) => "too_many_fields",
             Breach::TooManySeriesForHost(..) => "series_per_host",
+            Breach::TooManySeriesTotal(..) => "series_total",
         }
     }
 }

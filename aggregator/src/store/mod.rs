@@ -435,24 +435,37 @@ impl Storage {
         merge_sources(sources)
     }
 
-    /// Drops the series of `batch` that are new for `host` once it holds `limit` active
-    /// series (series in the head); returns the samples dropped.
-    pub fn drop_new_series_over(&self, host: &str, batch: &mut Batch, limit: usize) -> u64 {
+    /// Drops the series of `batch` that are new while `host` holds `per_host` active series
+    /// (series in the head) or the store holds `total`; returns the samples dropped for each
+    /// limit.
+    pub fn drop_new_series_over(
+        &self,
+        host: &str,
+        batch: &mut Batch,
+        per_host: usize,
+        total: usize,
+    ) -> (u64, u64) {
         let head = self.head.read().unwrap_or_else(|p| p.into_inner());
-        let mut room = limit.saturating_sub(head.series_for_host(host));
-        let mut dropped = 0u64;
+        let mut host_room = per_host.saturating_sub(head.series_for_host(host));
+        let mut total_room = total.saturating_sub(head.series_count());
+        let (mut over_host, mut over_total) = (0u64, 0u64);
         batch.metrics.retain(|ss| {
             if head.contains(&ss.series) {
                 return true;
             }
-            if room > 0 {
-                room -= 1;
-                return true;
+            if host_room == 0 {
+                over_host += ss.samples.len() as u64;
+                return false;
             }
-            dropped += ss.samples.len() as u64;
-            false
+            if total_room == 0 {
+                over_total += ss.samples.len() as u64;
+                return false;
+            }
+            host_room -= 1;
+            total_room -= 1;
+            true
         });
-        dropped
+        (over_host, over_total)
     }
 
     /// Active series (in the head) of `host`.
@@ -1072,5 +1085,23 @@ mod tests {
         let averaged = s.select(&m, 0, 4 * hour);
         assert_eq!(averaged[0].2.len(), 48, "twelve 5-minute points per hour");
         assert_eq!(averaged[0].2[0].value, 2.0);
+    }
+
+    #[test]
+    fn series_limits_refuse_new_series_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = Storage::open(dir.path(), StoreConfig::default()).unwrap();
+        s.apply("a", series_batch(1, "m1", &[1]), 0).unwrap();
+        let mut b = series_batch(2, "m1", &[2]);
+        b.metrics.extend(series_batch(2, "m2", &[2]).metrics);
+        b.metrics.extend(series_batch(2, "m3", &[2, 3]).metrics);
+        // per host: one more series fits, the third is refused; a known series always passes
+        let mut per_host = b.clone();
+        assert_eq!(s.drop_new_series_over("a", &mut per_host, 2, 100), (2, 0));
+        assert_eq!(per_host.metrics.len(), 2);
+        // in total: the store holds one series, room for none more
+        let mut total = b.clone();
+        assert_eq!(s.drop_new_series_over("a", &mut total, 100, 1), (0, 3));
+        assert_eq!(total.metrics.len(), 1);
     }
 }
