@@ -174,8 +174,12 @@ for p in fleetwatch-agent fleetwatch-aggregator; do
     check "$p.rpm: /usr/bin/$p, mode 0755, root" grep -Eq "^-rwxr-xr-x root:root +/usr/bin/$p$" <<<"$files"
     check "$p.rpm: /etc/fleetwatch/$c.toml is %config(noreplace)" \
         grep -Eq "^-rw-r--r-- root:root cn /etc/fleetwatch/$c.toml$" <<<"$files"
-    check "$p.rpm: rpm -qpc lists only the config" \
-        test "$(rpmq -c "$r")" = "/etc/fleetwatch/$c.toml"
+    want_conf="/etc/fleetwatch/$c.toml"
+    if [ "$c" = aggregator ]; then
+        want_conf=$(printf '%s\n%s' "$want_conf" /etc/fleetwatch/rules/fleet.yml)
+    fi
+    check "$p.rpm: rpm -qpc lists only the config (and the aggregator's default rules)" \
+        test "$(rpmq -c "$r")" = "$want_conf"
     check "$p.rpm: systemd unit in /usr/lib/systemd/system" \
         grep -q " /usr/lib/systemd/system/$p.service$" <<<"$files"
     check "$p.rpm: install guide is %doc" grep -Eq " d +/usr/share/doc/$p/README.md$" <<<"$files"

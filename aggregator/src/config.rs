@@ -22,6 +22,8 @@ pub struct AggregatorConfig {
     pub store: StoreSettings,
     /// Prometheus remote-write endpoints the store's samples are forwarded to.
     pub remote_write: Vec<RemoteWriteConfig>,
+    /// Alerting and recording rules.
+    pub rules: RulesConfig,
 }
 
 impl Default for AggregatorConfig {
@@ -34,6 +36,7 @@ impl Default for AggregatorConfig {
             fleet: FleetConfig::default(),
             store: StoreSettings::default(),
             remote_write: Vec::new(),
+            rules: RulesConfig::default(),
         }
     }
 }
@@ -205,6 +208,26 @@ impl StoreSettings {
     }
 }
 
+/// Alerting and recording rules (Prometheus rule files).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Rule files: paths, directories (their `*.yml` and `*.yaml`) or `DIR/*.rules.yml`
+    /// patterns. Reloaded on SIGHUP and `POST /api/admin/rules/reload`.
+    pub files: Vec<PathBuf>,
+    /// Interval of groups that give none, seconds.
+    pub evaluation_interval_seconds: f64,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self {
+            files: Vec::new(),
+            evaluation_interval_seconds: 60.0,
+        }
+    }
+}
+
 /// One remote-write endpoint (`[[remote_write]]`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -334,6 +357,14 @@ impl AggregatorConfig {
         }
         if self.quic.max_in_flight == 0 {
             return Err(("quic.max_in_flight", "must be at least 1".into()));
+        }
+        if !(self.rules.evaluation_interval_seconds.is_finite()
+            && self.rules.evaluation_interval_seconds >= 0.1)
+        {
+            return Err((
+                "rules.evaluation_interval_seconds",
+                "must be at least 0.1".into(),
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         for rw in &self.remote_write {

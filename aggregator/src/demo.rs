@@ -2,6 +2,9 @@
 //! throwaway fleet CA, an aggregator on loopback and a local agent named after this host.
 
 use crate::config::AggregatorConfig;
+
+/// `configs/rules/fleet.yml`, built in: the demo's rules.
+pub const DEFAULT_RULES: &str = include_str!("../../configs/rules/fleet.yml");
 use anyhow::Context;
 use fleetwatch_agent::config::AgentConfig;
 use fleetwatch_common::pki;
@@ -105,6 +108,14 @@ pub fn prepare(opts: &DemoOptions) -> anyhow::Result<DemoSetup> {
     aggregator.http.admin_token_file = token_path;
     aggregator.fleet.stale_after_seconds = 20;
     aggregator.fleet.down_after_seconds = 60;
+    // the default rules every fleet needs, written out so that they can be read and edited
+    let rules_dir = dir.join("rules");
+    std::fs::create_dir_all(&rules_dir)?;
+    let rules_file = rules_dir.join("fleet.yml");
+    if !rules_file.exists() {
+        std::fs::write(&rules_file, DEFAULT_RULES)?;
+    }
+    aggregator.rules.files = vec![rules_dir];
 
     let mut agent_cfg = AgentConfig {
         data_dir: dir.join("agent"),

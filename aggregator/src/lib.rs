@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod promql;
 pub mod remote_write;
+pub mod rules;
 pub mod server;
 pub mod state;
 pub mod store;

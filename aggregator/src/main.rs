@@ -42,6 +42,13 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+    /// Check Prometheus rule files and exit: 0 when all are valid, otherwise every problem
+    /// with its file, line and reason.
+    CheckRules {
+        /// Rule files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Check a configuration file and exit: 0 when valid, otherwise the file, key and problem.
     CheckConfig {
         /// Configuration file (TOML).
@@ -126,6 +133,7 @@ fn main() -> ExitCode {
             .map(|_| println!("{}: ok", config.display()))
             .map_err(anyhow::Error::from),
         Command::Pki { command } => pki_command(command),
+        Command::CheckRules { files } => check_rules(&files),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,6 +142,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn check_rules(files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut failed = false;
+    for f in files {
+        match fleetwatch_aggregator::rules::file::load(f, 60_000) {
+            Ok(groups) => {
+                let rules: usize = groups.iter().map(|g| g.rules.len()).sum();
+                println!(
+                    "{}: ok, {} groups, {rules} rules",
+                    f.display(),
+                    groups.len()
+                );
+            }
+            Err(errors) => {
+                failed = true;
+                for e in errors {
+                    eprintln!("{e}");
+                }
+            }
+        }
+    }
+    if failed {
+        anyhow::bail!("rule files have errors");
+    }
+    Ok(())
 }
 
 fn pki_command(command: PkiCommand) -> anyhow::Result<()> {
@@ -178,9 +212,25 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         let running = fleetwatch_aggregator::server::start(config).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => {
+                    let rules = running.state.rules.clone();
+                    match tokio::task::spawn_blocking(move || rules.reload()).await {
+                        Ok(Ok(n)) => tracing::info!(rules = n, "SIGHUP: rules reloaded"),
+                        Ok(Err(errors)) => {
+                            for e in errors {
+                                tracing::error!(error = %e, "SIGHUP: rule files refused; the running rules are kept");
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
         }
         tracing::info!("stopping");
         running.stop().await;

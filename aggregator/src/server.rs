@@ -131,12 +131,22 @@ pub async fn start(config: AggregatorConfig) -> anyhow::Result<RunningAggregator
         .with_context(|| format!("listening for HTTP on {http_listen}"))?;
     let http_addr = listener.local_addr().context("HTTP local address")?;
 
+    let rules = crate::rules::RuleManager::open(
+        config.rules.files.clone(),
+        (config.rules.evaluation_interval_seconds * 1000.0) as i64,
+        &config.data_dir,
+    )
+    .map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        anyhow::anyhow!("invalid rule files:\n{}", lines.join("\n"))
+    })?;
     let state = Arc::new(AppState::new(
         Arc::new(store),
         Arc::new(fleet),
         metrics,
         config.clone(),
         tokens,
+        Arc::new(rules),
     ));
     let connections = Arc::new(Connections::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -158,6 +168,7 @@ pub async fn start(config: AggregatorConfig) -> anyhow::Result<RunningAggregator
     }));
     tasks.push(tokio::spawn(background(state.clone())));
     tasks.push(tokio::spawn(store_maintenance(state.clone())));
+    tasks.push(tokio::spawn(rule_evaluation(state.clone())));
     for rw in &config.remote_write {
         tasks.push(tokio::spawn(crate::remote_write::run(
             state.clone(),
@@ -268,5 +279,17 @@ async fn store_maintenance(state: Arc<AppState>) {
             state.metrics.store_errors.inc();
             warn!(%error, "store maintenance failed");
         }
+    }
+}
+
+/// Evaluates the rule groups that are due, four times a second at most, on a blocking thread
+/// (a slow query never blocks ingest or HTTP).
+async fn rule_evaluation(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let st = state.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || st.rules.evaluate_due(&st.store, now_ms())).await;
     }
 }

@@ -3,6 +3,7 @@
 use crate::config::AggregatorConfig;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
+use crate::rules::RuleManager;
 use crate::store::Storage;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub config: AggregatorConfig,
     /// API tokens.
     pub tokens: Tokens,
+    /// Alerting and recording rules.
+    pub rules: Arc<RuleManager>,
     ready: AtomicBool,
 }
 
@@ -39,6 +42,7 @@ impl AppState {
         metrics: Metrics,
         config: AggregatorConfig,
         tokens: Tokens,
+        rules: Arc<RuleManager>,
     ) -> Self {
         Self {
             store,
@@ -46,6 +50,7 @@ impl AppState {
             metrics,
             config,
             tokens,
+            rules,
             ready: AtomicBool::new(false),
         }
     }

@@ -14,7 +14,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Lets the request through with a valid admin or viewer token (all routes so far read only).
+/// Lets the request through with a valid admin or viewer token, noting which ([`Role`]).
 pub(super) async fn require_token(
     State(state): State<Arc<AppState>>,
     req: Request,
@@ -30,14 +30,38 @@ pub(super) async fn require_token(
         )
         .into_response();
     };
-    let ok = [&state.tokens.admin, &state.tokens.viewer]
-        .into_iter()
-        .flatten()
-        .any(|t| same(t.as_bytes(), token.as_bytes()));
-    if ok {
-        next.run(req).await
+    let matches = |t: &Option<String>| {
+        t.as_ref()
+            .is_some_and(|t| same(t.as_bytes(), token.as_bytes()))
+    };
+    let role = if matches(&state.tokens.admin) {
+        Role::Admin
+    } else if matches(&state.tokens.viewer) {
+        Role::Viewer
     } else {
-        ApiError::unauthorized("invalid token").into_response()
+        return ApiError::unauthorized("invalid token").into_response();
+    };
+    let mut req = req;
+    req.extensions_mut().insert(role);
+    next.run(req).await
+}
+
+/// Who is asking: set by [`require_token`] on every authenticated request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The admin token: may change things.
+    Admin,
+    /// The viewer token: read only.
+    Viewer,
+}
+
+impl Role {
+    /// Refuses a viewer.
+    pub(crate) fn require_admin(self) -> Result<(), ApiError> {
+        match self {
+            Role::Admin => Ok(()),
+            Role::Viewer => Err(ApiError::forbidden("this action needs the admin token")),
+        }
     }
 }
 

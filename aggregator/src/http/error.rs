@@ -40,6 +40,15 @@ impl ApiError {
         }
     }
 
+    /// Authenticated, not allowed (403).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            kind: "forbidden",
+            message: message.into(),
+        }
+    }
+
     /// Nothing there (404).
     pub fn not_found(message: impl Into<String>) -> Self {
         Self {

@@ -7,6 +7,7 @@ mod error;
 mod federate;
 mod fleet_api;
 mod query;
+mod rules_api;
 
 pub use error::ApiError;
 
@@ -40,6 +41,13 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/label/{name}/values", get(query::label_values))
         .route("/api/v1/metadata", get(query::metadata))
         .route("/api/v1/status/buildinfo", get(query::buildinfo))
+        .route("/api/v1/rules", get(rules_api::rules))
+        .route("/api/v1/alerts", get(rules_api::alerts))
+        .route("/api/fleet/alerts", get(rules_api::fleet_alerts))
+        .route(
+            "/api/admin/rules/reload",
+            axum::routing::post(rules_api::reload),
+        )
         .route("/federate", get(federate::federate))
         .route("/api/fleet/hosts", get(fleet_api::list))
         .route("/api/fleet/hosts/{host}", get(fleet_api::one));
