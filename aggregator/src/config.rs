@@ -24,6 +24,8 @@ pub struct AggregatorConfig {
     pub remote_write: Vec<RemoteWriteConfig>,
     /// Alerting and recording rules.
     pub rules: RulesConfig,
+    /// Where alerts are sent.
+    pub alerting: AlertingConfig,
 }
 
 impl Default for AggregatorConfig {
@@ -37,6 +39,7 @@ impl Default for AggregatorConfig {
             store: StoreSettings::default(),
             remote_write: Vec::new(),
             rules: RulesConfig::default(),
+            alerting: AlertingConfig::default(),
         }
     }
 }
@@ -228,6 +231,118 @@ impl Default for RulesConfig {
     }
 }
 
+/// Notification routing (Alertmanager's model): alerts are grouped by labels, routed to
+/// receivers by matchers, silenced, inhibited and acknowledged before anything is sent.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertingConfig {
+    /// Receiver of alerts no route matches (empty: they are not sent).
+    pub default_receiver: String,
+    /// Labels that make one notification group.
+    pub group_by: Vec<String>,
+    /// Wait before a new group's first notification, seconds (to gather its alerts).
+    pub group_wait_seconds: f64,
+    /// Wait before notifying a changed group again, seconds.
+    pub group_interval_seconds: f64,
+    /// Wait before repeating an unchanged, unacknowledged firing group, seconds.
+    pub repeat_interval_seconds: f64,
+    /// Receivers.
+    pub receivers: Vec<ReceiverConfig>,
+    /// Routes, first match wins unless `continue`.
+    pub routes: Vec<RouteConfig>,
+    /// Inhibition: a firing source alert mutes matching target alerts.
+    pub inhibit_rules: Vec<InhibitConfig>,
+    /// URL put in notifications as the place to look (the dashboard).
+    pub external_url: String,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        Self {
+            default_receiver: String::new(),
+            group_by: vec!["alertname".into(), "host".into()],
+            group_wait_seconds: 30.0,
+            group_interval_seconds: 300.0,
+            repeat_interval_seconds: 4.0 * 3600.0,
+            receivers: Vec::new(),
+            routes: Vec::new(),
+            inhibit_rules: vec![InhibitConfig {
+                source_matchers: vec!["alertname=\"HostDown\"".into()],
+                target_matchers: vec!["alertname!=\"HostDown\"".into()],
+                equal: vec!["host".into()],
+            }],
+            external_url: String::new(),
+        }
+    }
+}
+
+/// A receiver: where and how notifications go.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    /// Its name, used by routes.
+    pub name: String,
+    /// `webhook` (Alertmanager's webhook payload), `alertmanager` (its v2 API), `slack`
+    /// (incoming webhook), `pagerduty` (Events API v2).
+    pub kind: String,
+    /// The URL: the webhook, the Alertmanager base URL, the Slack hook, the PagerDuty events
+    /// endpoint (default <https://events.pagerduty.com/v2/enqueue>).
+    #[serde(default)]
+    pub url: String,
+    /// PagerDuty routing key.
+    #[serde(default)]
+    pub routing_key: String,
+    /// Also notify resolutions.
+    #[serde(default = "yes")]
+    pub send_resolved: bool,
+    /// Attempts per notification before it is counted as failed.
+    #[serde(default = "five")]
+    pub max_attempts: u32,
+    /// Seconds before one attempt is abandoned.
+    #[serde(default = "ten")]
+    pub timeout_seconds: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn five() -> u32 {
+    5
+}
+fn ten() -> f64 {
+    10.0
+}
+
+/// A route: alerts matching every matcher go to `receiver`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Receiver name.
+    pub receiver: String,
+    /// Label matchers, PromQL style: `severity="critical"`, `host=~"db-.*"`.
+    #[serde(default)]
+    pub matchers: Vec<String>,
+    /// Grouping for this route (default: the top-level `group_by`).
+    #[serde(default)]
+    pub group_by: Option<Vec<String>>,
+    /// Go on to later routes after matching.
+    #[serde(default, rename = "continue")]
+    pub continue_: bool,
+}
+
+/// An inhibition rule.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InhibitConfig {
+    /// Matchers of the muting (firing) alert.
+    pub source_matchers: Vec<String>,
+    /// Matchers of the muted alerts.
+    pub target_matchers: Vec<String>,
+    /// Labels that must be equal on both.
+    #[serde(default)]
+    pub equal: Vec<String>,
+}
+
 /// One remote-write endpoint (`[[remote_write]]`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -310,6 +425,73 @@ impl AggregatorConfig {
         Ok(cfg)
     }
 
+    fn validate_alerting(&self) -> Result<(), (&'static str, String)> {
+        let a = &self.alerting;
+        for (key, v) in [
+            ("alerting.group_wait_seconds", a.group_wait_seconds),
+            ("alerting.group_interval_seconds", a.group_interval_seconds),
+            (
+                "alerting.repeat_interval_seconds",
+                a.repeat_interval_seconds,
+            ),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err((key, "must be a non-negative number of seconds".into()));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for r in &a.receivers {
+            if !names.insert(r.name.as_str()) || r.name.is_empty() {
+                return Err((
+                    "alerting.receivers.name",
+                    format!("{:?}: empty or used twice", r.name),
+                ));
+            }
+            match r.kind.as_str() {
+                "webhook" | "alertmanager" | "slack" => {
+                    if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+                        return Err(("alerting.receivers.url", format!("receiver {:?} needs an http(s) url", r.name)));
+                    }
+                }
+                "pagerduty" => {
+                    if r.routing_key.is_empty() {
+                        return Err(("alerting.receivers.routing_key", format!("receiver {:?} needs a routing_key", r.name)));
+                    }
+                }
+                other => {
+                    return Err((
+                        "alerting.receivers.kind",
+                        format!("receiver {:?}: unknown kind {other:?} (webhook, alertmanager, slack, pagerduty)", r.name),
+                    ))
+                }
+            }
+        }
+        let known = |n: &str| names.contains(n);
+        if !a.default_receiver.is_empty() && !known(&a.default_receiver) {
+            return Err((
+                "alerting.default_receiver",
+                format!("{:?} is not a receiver", a.default_receiver),
+            ));
+        }
+        for r in &a.routes {
+            if !known(&r.receiver) {
+                return Err((
+                    "alerting.routes.receiver",
+                    format!("{:?} is not a receiver", r.receiver),
+                ));
+            }
+        }
+        let matchers = a.routes.iter().flat_map(|r| r.matchers.iter()).chain(
+            a.inhibit_rules
+                .iter()
+                .flat_map(|i| i.source_matchers.iter().chain(&i.target_matchers)),
+        );
+        for m in matchers {
+            crate::notify::matcher::parse(m).map_err(|e| ("alerting matchers", e))?;
+        }
+        Ok(())
+    }
+
     /// Checks values the types can not.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         for (key, addr) in [
@@ -366,6 +548,7 @@ impl AggregatorConfig {
                 "must be at least 0.1".into(),
             ));
         }
+        self.validate_alerting()?;
         let mut names = std::collections::BTreeSet::new();
         for rw in &self.remote_write {
             if rw.name.is_empty()

@@ -140,6 +140,10 @@ pub async fn start(config: AggregatorConfig) -> anyhow::Result<RunningAggregator
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!("invalid rule files:\n{}", lines.join("\n"))
     })?;
+    let notifier = Arc::new(
+        crate::notify::Notifier::new(config.alerting.clone(), &config.data_dir, metrics.clone())
+            .map_err(|e| anyhow::anyhow!("alerting: {e}"))?,
+    );
     let state = Arc::new(AppState::new(
         Arc::new(store),
         Arc::new(fleet),
@@ -147,6 +151,7 @@ pub async fn start(config: AggregatorConfig) -> anyhow::Result<RunningAggregator
         config.clone(),
         tokens,
         Arc::new(rules),
+        notifier.clone(),
     ));
     let connections = Arc::new(Connections::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -168,6 +173,7 @@ pub async fn start(config: AggregatorConfig) -> anyhow::Result<RunningAggregator
     }));
     tasks.push(tokio::spawn(background(state.clone())));
     tasks.push(tokio::spawn(store_maintenance(state.clone())));
+    tasks.extend(notifier.start());
     tasks.push(tokio::spawn(rule_evaluation(state.clone())));
     for rw in &config.remote_write {
         tasks.push(tokio::spawn(crate::remote_write::run(
@@ -282,14 +288,19 @@ async fn store_maintenance(state: Arc<AppState>) {
     }
 }
 
-/// Evaluates the rule groups that are due, four times a second at most, on a blocking thread
-/// (a slow query never blocks ingest or HTTP).
+/// Evaluates the rule groups that are due and decides notifications, four times a second at
+/// most, on a blocking thread (a slow query never blocks ingest or HTTP; sending is the
+/// notifier's receiver tasks').
 async fn rule_evaluation(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
         let st = state.clone();
-        let _ =
-            tokio::task::spawn_blocking(move || st.rules.evaluate_due(&st.store, now_ms())).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            st.rules.evaluate_due(&st.store, now);
+            st.notifier.process(&st.rules.alerts(), now);
+        })
+        .await;
     }
 }

@@ -3,6 +3,7 @@
 use crate::config::AggregatorConfig;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::rules::RuleManager;
 use crate::store::Storage;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +32,8 @@ pub struct AppState {
     pub tokens: Tokens,
     /// Alerting and recording rules.
     pub rules: Arc<RuleManager>,
+    /// Alert notifications, silences, acknowledgements.
+    pub notifier: Arc<Notifier>,
     ready: AtomicBool,
 }
 
@@ -43,6 +46,7 @@ impl AppState {
         config: AggregatorConfig,
         tokens: Tokens,
         rules: Arc<RuleManager>,
+        notifier: Arc<Notifier>,
     ) -> Self {
         Self {
             store,
@@ -51,6 +55,7 @@ impl AppState {
             config,
             tokens,
             rules,
+            notifier,
             ready: AtomicBool::new(false),
         }
     }

@@ -139,3 +139,350 @@ fn host_down_fires_survives_a_restart_and_resolves() {
     agent.stop();
     agg.stop();
 }
+
+/// An HTTP server that records every request (path, JSON body) and answers 200.
+struct Receiver {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let sink = sink.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                        let mut len = 0;
+                        loop {
+                            let mut h = String::new();
+                            reader.read_line(&mut h).unwrap();
+                            if h.trim().is_empty() {
+                                break;
+                            }
+                            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        reader.read_exact(&mut body).unwrap();
+                        let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                        sink.lock().unwrap().push((path, json));
+                        let mut w = stream.try_clone().unwrap();
+                        let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}");
+                    }
+                });
+            }
+        });
+        Receiver { port, got }
+    }
+
+    fn count(&self, path: &str, status: &str) -> usize {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, b)| p == path && (b["status"] == status || b["event_action"] == status))
+            .count()
+    }
+
+    fn last(&self, path: &str) -> serde_json::Value {
+        let got = self.got.lock().unwrap();
+        got.iter()
+            .rev()
+            .find(|(p, _)| p == path)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default()
+    }
+}
+
+const NOTIFY_RULES: &str = r#"groups:
+  - name: test
+    interval: 1s
+    rules:
+      - alert: HostDown
+        expr: up{host!=""} == 0
+        for: 1s
+        labels:
+          severity: critical
+        annotations:
+          summary: "{{ $labels.host }} sends no data"
+"#;
+
+fn post(fleet: &Fleet, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", fleet.http_port)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        support::TOKEN,
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (
+        code,
+        out.split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+#[test]
+fn notifications_reach_every_receiver_once_and_ack_silence_and_restart_behave() {
+    let am_bin = peer_binary("prometheus-alertmanager", "prometheus-alertmanager");
+    let amtool = peer_binary("amtool", "prometheus-alertmanager");
+    let (Some(am_bin), Some(_)) = (am_bin, amtool) else {
+        return;
+    };
+    let fleet = Fleet::new();
+    // a real Alertmanager
+    let am_port = support::free_tcp_port();
+    std::fs::write(
+        fleet.path("am.yml"),
+        "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
+    )
+    .unwrap();
+    let _am = support::Proc::spawn(
+        "alertmanager",
+        Command::new(am_bin)
+            .arg(format!("--config.file={}", fleet.path("am.yml").display()))
+            .arg(format!(
+                "--storage.path={}",
+                fleet.path("am-data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(fleet.path("alertmanager.log")).unwrap()),
+    );
+    let rx = Receiver::start();
+    std::fs::write(fleet.path("rules.yml"), NOTIFY_RULES).unwrap();
+    fleet.add_aggregator_config(&format!(
+        r#"[rules]
+files = ["{rules}"]
+evaluation_interval_seconds = 1.0
+[alerting]
+group_wait_seconds = 1.0
+group_interval_seconds = 1.0
+repeat_interval_seconds = 8.0
+[[alerting.receivers]]
+name = "hook"
+kind = "webhook"
+url = "http://127.0.0.1:{p}/hook"
+[[alerting.receivers]]
+name = "slack"
+kind = "slack"
+url = "http://127.0.0.1:{p}/slack"
+[[alerting.receivers]]
+name = "pd"
+kind = "pagerduty"
+url = "http://127.0.0.1:{p}/pd"
+routing_key = "key-1"
+[[alerting.receivers]]
+name = "am"
+kind = "alertmanager"
+url = "http://127.0.0.1:{am_port}"
+[[alerting.routes]]
+receiver = "hook"
+matchers = ['alertname="HostDown"']
+continue = true
+[[alerting.routes]]
+receiver = "slack"
+matchers = ['severity="critical"']
+continue = true
+[[alerting.routes]]
+receiver = "pd"
+matchers = ['host=~".+"']
+continue = true
+[[alerting.routes]]
+receiver = "am"
+"#,
+        rules = fleet.path("rules.yml").display(),
+        p = rx.port
+    ));
+    let toml = std::fs::read_to_string(fleet.path("aggregator.toml")).unwrap();
+    std::fs::write(
+        fleet.path("aggregator.toml"),
+        toml.replacen(
+            "[http]",
+            "[fleet]\nstale_after_seconds = 1\ndown_after_seconds = 2\n[http]",
+            1,
+        ),
+    )
+    .unwrap();
+    fleet.agent_config("web-1", 0.2, "");
+    let agg = fleet.start_aggregator();
+    let agent = fleet.start_agent("web-1");
+    fleet.wait_for("the host up", Duration::from_secs(30), || {
+        !fleet.query("up{host=\"web-1\"} == 1").is_empty()
+    });
+
+    agent.stop();
+    fleet.wait_for(
+        "a firing notification at each receiver",
+        Duration::from_secs(60),
+        || {
+            rx.count("/hook", "firing") >= 1
+                && rx.count("/pd", "trigger") >= 1
+                && rx.got.lock().unwrap().iter().any(|(p, _)| p == "/slack")
+        },
+    );
+    let hook = rx.last("/hook");
+    assert_eq!(hook["version"], "4");
+    assert_eq!(hook["alerts"][0]["labels"]["host"], "web-1");
+    assert_eq!(
+        hook["alerts"][0]["annotations"]["summary"],
+        "web-1 sends no data"
+    );
+    assert!(rx.last("/slack")["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("[FIRING:1] HostDown"));
+    assert_eq!(rx.last("/pd")["routing_key"], "key-1");
+    let dedup = rx.last("/pd")["dedup_key"].clone();
+    // the real Alertmanager has it
+    fleet.wait_for("amtool showing HostDown", Duration::from_secs(30), || {
+        let out = Command::new("amtool")
+            .args([
+                "alert",
+                "query",
+                "--alertmanager.url",
+                &format!("http://127.0.0.1:{am_port}"),
+                "alertname=HostDown",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("HostDown")
+    });
+
+    // a restart while firing sends nothing again before the repeat interval
+    let firing_before = rx.count("/hook", "firing");
+    agg.stop();
+    let agg = fleet.start_aggregator();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        rx.count("/hook", "firing"),
+        firing_before,
+        "no duplicate after a restart"
+    );
+
+    // repeats come every 8 s while firing, until acknowledged
+    fleet.wait_for("a repeat", Duration::from_secs(30), || {
+        rx.count("/hook", "firing") > firing_before
+    });
+    let (_, body) = fleet
+        .http_get("/api/fleet/alerts?state=firing&host=web-1")
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let fp = v["data"]["alerts"][0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, body) = post(
+        &fleet,
+        &format!("/api/fleet/alerts/{fp}/ack"),
+        r#"{"by":"ana","comment":"on it"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let acked = rx.count("/hook", "firing");
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(
+        rx.count("/hook", "firing"),
+        acked,
+        "no repeat after the acknowledgement"
+    );
+    let (_, body) = fleet.http_get("/api/fleet/alerts?host=web-1").unwrap();
+    assert!(body.contains("\"by\":\"ana\""), "{body}");
+
+    // the host comes back: one resolution per receiver, the PagerDuty incident resolved by its key
+    let agent = fleet.start_agent("web-1");
+    fleet.wait_for("resolved notifications", Duration::from_secs(90), || {
+        rx.count("/hook", "resolved") == 1 && rx.count("/pd", "resolve") == 1
+    });
+    assert_eq!(rx.last("/pd")["dedup_key"], dedup);
+    let (_, hist) = fleet.http_get("/api/fleet/alerts/history").unwrap();
+    assert!(
+        hist.contains("acknowledged")
+            && hist.contains("notified:hook")
+            && hist.contains("resolved"),
+        "{hist}"
+    );
+    let (_, log) = fleet.http_get("/api/fleet/notifications").unwrap();
+    assert!(log.contains("\"result\":\"sent\""), "{log}");
+    // since the restart: a repeat and the resolution
+    assert!(
+        fleet.own_metric("fleetwatch_notifications_total{receiver=\"hook\",result=\"sent\"}")
+            >= 2.0
+    );
+    agent.stop();
+    agg.stop();
+}
+
+#[test]
+fn a_silence_stops_notifications_and_its_expiry_resumes_them() {
+    let fleet = Fleet::new();
+    let rx = Receiver::start();
+    std::fs::write(
+        fleet.path("rules.yml"),
+        "groups:\n  - name: t\n    interval: 1s\n    rules:\n      - alert: Always\n        expr: vector(1)\n        labels:\n          team: db\n",
+    )
+    .unwrap();
+    fleet.add_aggregator_config(&format!(
+        "[rules]\nfiles = [\"{}\"]\n[alerting]\ndefault_receiver = \"hook\"\ngroup_wait_seconds = 0.5\ngroup_interval_seconds = 0.5\nrepeat_interval_seconds = 2.0\n[[alerting.receivers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{}/hook\"\n",
+        fleet.path("rules.yml").display(),
+        rx.port
+    ));
+    let _agg = fleet.start_aggregator();
+    fleet.wait_for("repeated notifications", Duration::from_secs(30), || {
+        rx.count("/hook", "firing") >= 2
+    });
+    // viewers may not silence; the admin may
+    let (code, body) = post(
+        &fleet,
+        "/api/fleet/silences",
+        r#"{"matchers":["team=\"db\""],"durationSeconds":3600,"createdBy":"ana","comment":"maintenance"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["data"]["silenceID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(1500));
+    let silenced = rx.count("/hook", "firing");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        rx.count("/hook", "firing"),
+        silenced,
+        "nothing sent while silenced"
+    );
+    let (_, list) = fleet.http_get("/api/fleet/silences").unwrap();
+    assert!(
+        list.contains("\"status\":\"active\"") && list.contains("maintenance"),
+        "{list}"
+    );
+    // expire it: notifications resume
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", fleet.http_port)).unwrap();
+    write!(s, "DELETE /api/fleet/silences/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", support::TOKEN).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    fleet.wait_for("notifications again", Duration::from_secs(30), || {
+        rx.count("/hook", "firing") > silenced
+    });
+}

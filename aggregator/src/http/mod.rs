@@ -44,6 +44,20 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/rules", get(rules_api::rules))
         .route("/api/v1/alerts", get(rules_api::alerts))
         .route("/api/fleet/alerts", get(rules_api::fleet_alerts))
+        .route("/api/fleet/alerts/history", get(rules_api::history))
+        .route(
+            "/api/fleet/alerts/{fingerprint}/ack",
+            axum::routing::post(rules_api::acknowledge),
+        )
+        .route(
+            "/api/fleet/silences",
+            get(rules_api::silences).post(rules_api::create_silence),
+        )
+        .route(
+            "/api/fleet/silences/{id}",
+            axum::routing::delete(rules_api::expire_silence),
+        )
+        .route("/api/fleet/notifications", get(rules_api::notifications))
         .route(
             "/api/admin/rules/reload",
             axum::routing::post(rules_api::reload),

@@ -3,12 +3,15 @@
 
 use super::auth::Role;
 use super::ApiError;
+use crate::notify::receivers::fingerprint;
+use crate::notify::Silence;
 use crate::rules::file::RuleKind;
 use crate::rules::lifecycle::{Alert, AlertState};
 use crate::rules::{rfc3339, GroupState, RuleHealth};
 use crate::state::AppState;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
+use fleetwatch_common::model::now_ms;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -20,6 +23,25 @@ fn alert_json(a: &Alert) -> Value {
         "activeAt": rfc3339(a.active_at_ms),
         "value": super::query::format_value(a.value),
     })
+}
+
+/// The fleet view of an alert: Prometheus' fields plus fingerprint, acknowledgement, muting,
+/// firing and resolution times.
+fn fleet_alert_json(state: &AppState, a: &Alert, all: &[Alert], now: i64) -> Value {
+    let mut v = alert_json(a);
+    if a.state == AlertState::Inactive {
+        v["state"] = "resolved".into();
+    }
+    let fp = fingerprint(&a.labels);
+    v["fingerprint"] = fp.clone().into();
+    v["firedAt"] = a.fired_at_ms.map(rfc3339).into();
+    v["resolvedAt"] = a.resolved_at_ms.map(rfc3339).into();
+    v["acknowledged"] = match state.notifier.ack_of(&fp) {
+        Some(ack) => json!({ "by": ack.by, "at": rfc3339(ack.at_ms), "comment": ack.comment }),
+        None => Value::Null,
+    };
+    v["muted"] = state.notifier.muted_reason(a, all, now).into();
+    v
 }
 
 fn last_eval(ms: i64) -> String {
@@ -149,7 +171,7 @@ pub(super) async fn alerts(State(state): State<Arc<AppState>>) -> Json<Value> {
 }
 
 /// `GET /api/fleet/alerts?state=&severity=&host=`: alerts including recently resolved ones,
-/// filtered, with their firing and resolution times.
+/// filtered, with fingerprint, acknowledgement, muting, firing and resolution times.
 pub(super) async fn fleet_alerts(
     State(state): State<Arc<AppState>>,
     Query(params): Query<Vec<(String, String)>>,
@@ -162,7 +184,7 @@ pub(super) async fn fleet_alerts(
     };
     let want_state = get("state");
     if let Some(s) = &want_state {
-        if !["pending", "firing", "inactive", "resolved"].contains(&s.as_str()) {
+        if !["pending", "firing", "resolved"].contains(&s.as_str()) {
             return Err(ApiError::bad_data(format!(
                 "invalid parameter \"state\": {s:?} (pending, firing or resolved)"
             )));
@@ -170,9 +192,9 @@ pub(super) async fn fleet_alerts(
     }
     let severity = get("severity");
     let host = get("host");
-    let alerts: Vec<Value> = state
-        .rules
-        .alerts()
+    let all = state.rules.alerts();
+    let now = now_ms();
+    let alerts: Vec<Value> = all
         .iter()
         .filter(|a| {
             want_state.as_deref().is_none_or(|s| {
@@ -184,19 +206,169 @@ pub(super) async fn fleet_alerts(
                     .as_ref()
                     .is_none_or(|h| a.labels.get("host") == Some(h))
         })
-        .map(|a| {
-            let mut v = alert_json(a);
-            if a.state == AlertState::Inactive {
-                v["state"] = "resolved".into();
-            }
-            v["firedAt"] = a.fired_at_ms.map(rfc3339).into();
-            v["resolvedAt"] = a.resolved_at_ms.map(rfc3339).into();
-            v
-        })
+        .map(|a| fleet_alert_json(&state, a, &all, now))
         .collect();
     Ok(Json(
         json!({ "status": "success", "data": { "alerts": alerts } }),
     ))
+}
+
+/// Body of an acknowledgement.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct AckBody {
+    by: String,
+    #[serde(default)]
+    comment: String,
+}
+
+/// `POST /api/fleet/alerts/{fingerprint}/ack` (admin): no repeat notifications for this firing
+/// alert until it resolves.
+pub(super) async fn acknowledge(
+    State(state): State<Arc<AppState>>,
+    Extension(role): Extension<Role>,
+    Path(fp): Path<String>,
+    Json(body): Json<AckBody>,
+) -> Result<Json<Value>, ApiError> {
+    role.require_admin()?;
+    if body.by.trim().is_empty() {
+        return Err(ApiError::bad_data("\"by\" must name who acknowledges"));
+    }
+    let alert = state
+        .rules
+        .alerts()
+        .into_iter()
+        .find(|a| a.state == AlertState::Firing && fingerprint(&a.labels) == fp)
+        .ok_or_else(|| ApiError::not_found(format!("no firing alert with fingerprint {fp}")))?;
+    state
+        .notifier
+        .acknowledge(&fp, &alert.labels, body.by.trim(), &body.comment, now_ms());
+    Ok(Json(
+        json!({ "status": "success", "data": { "fingerprint": fp } }),
+    ))
+}
+
+/// Body of a new silence.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct SilenceBody {
+    matchers: Vec<String>,
+    #[serde(default, rename = "startsAt")]
+    starts_at: Option<String>,
+    #[serde(default, rename = "endsAt")]
+    ends_at: Option<String>,
+    #[serde(default, rename = "durationSeconds")]
+    duration_seconds: Option<f64>,
+    #[serde(rename = "createdBy")]
+    created_by: String,
+    #[serde(default)]
+    comment: String,
+}
+
+fn silence_json(s: &Silence, now: i64) -> Value {
+    let status = if s.active(now) {
+        "active"
+    } else if now < s.starts_at_ms {
+        "pending"
+    } else {
+        "expired"
+    };
+    json!({
+        "id": s.id,
+        "matchers": s.matchers,
+        "startsAt": rfc3339(s.starts_at_ms),
+        "endsAt": rfc3339(s.ends_at_ms),
+        "createdBy": s.created_by,
+        "comment": s.comment,
+        "status": status,
+    })
+}
+
+/// `GET /api/fleet/silences`.
+pub(super) async fn silences(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let now = now_ms();
+    let list: Vec<Value> = state
+        .notifier
+        .silences()
+        .iter()
+        .map(|s| silence_json(s, now))
+        .collect();
+    Json(json!({ "status": "success", "data": list }))
+}
+
+/// `POST /api/fleet/silences` (admin): `{"matchers": ["host=\"web-1\""], "durationSeconds":
+/// 3600, "createdBy": "ana", "comment": "maintenance"}` (or `startsAt`/`endsAt`, RFC 3339).
+pub(super) async fn create_silence(
+    State(state): State<Arc<AppState>>,
+    Extension(role): Extension<Role>,
+    Json(body): Json<SilenceBody>,
+) -> Result<Json<Value>, ApiError> {
+    role.require_admin()?;
+    let now = now_ms();
+    let starts = match &body.starts_at {
+        Some(t) => super::query::parse_time(t)?,
+        None => now,
+    };
+    let ends = match (&body.ends_at, body.duration_seconds) {
+        (Some(t), _) => super::query::parse_time(t)?,
+        (None, Some(d)) if d.is_finite() && d > 0.0 => starts + (d * 1000.0) as i64,
+        _ => {
+            return Err(ApiError::bad_data(
+                "give endsAt or a positive durationSeconds",
+            ))
+        }
+    };
+    if body.created_by.trim().is_empty() {
+        return Err(ApiError::bad_data("\"createdBy\" must name who silences"));
+    }
+    let id = state
+        .notifier
+        .silence(Silence {
+            id: String::new(),
+            matchers: body.matchers,
+            starts_at_ms: starts,
+            ends_at_ms: ends,
+            created_by: body.created_by.trim().to_string(),
+            comment: body.comment,
+        })
+        .map_err(ApiError::bad_data)?;
+    Ok(Json(
+        json!({ "status": "success", "data": { "silenceID": id } }),
+    ))
+}
+
+/// `DELETE /api/fleet/silences/{id}` (admin): expires the silence now.
+pub(super) async fn expire_silence(
+    State(state): State<Arc<AppState>>,
+    Extension(role): Extension<Role>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    role.require_admin()?;
+    if state.notifier.expire(&id, now_ms()) {
+        Ok(Json(json!({ "status": "success" })))
+    } else {
+        Err(ApiError::not_found(format!("no silence {id}")))
+    }
+}
+
+/// `GET /api/fleet/alerts/history`: state changes, acknowledgements and notifications.
+pub(super) async fn history(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .notifier
+        .history()
+        .into_iter()
+        .map(|h| json!({ "at": rfc3339(h.at_ms), "fingerprint": h.fingerprint, "labels": h.labels, "event": h.event, "detail": h.detail }))
+        .collect();
+    Json(json!({ "status": "success", "data": list }))
+}
+
+/// `GET /api/fleet/notifications`: the notification log (sent and failed deliveries).
+pub(super) async fn notifications(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .notifier
+        .deliveries()
+        .into_iter()
+        .map(|d| json!({ "receiver": d.receiver, "groupKey": d.group_key, "alerts": d.alerts, "at": rfc3339(d.at_ms), "result": d.result, "attempts": d.attempts, "error": d.error }))
+        .collect();
+    Json(json!({ "status": "success", "data": list }))
 }
 
 /// `POST /api/admin/rules/reload` (admin): re-reads the rule files; refused files keep the
