@@ -40,6 +40,9 @@ impl RunningAggregator {
             t.abort();
         }
         self.state.fleet.flush();
+        // a flush or compaction already running on a blocking thread finishes before we return
+        let store = self.state.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.wait_for_maintenance()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }

@@ -86,7 +86,7 @@ fn valid_label_name(name: &str) -> bool {
 }
 
 /// Go's `strconv.FormatFloat(v, 'f', -1, 64)`.
-pub(super) fn format_go_float(v: f64) -> String {
+pub fn format_go_float(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v == f64::INFINITY {

@@ -528,32 +528,9 @@ fn absent_labels(e: &Expr) -> Labels {
     out.into()
 }
 
-fn absent(ev: &Evaluator<'_>, arg: &Expr) -> Result<Evaluated, QueryError> {
-    let labels = absent_labels(arg);
-    Ok(Evaluated::Vector(
-        vector_arg(ev, arg)?
-            .into_iter()
-            .map(|v| {
-                if v.is_empty() {
-                    vec![Elem {
-                        labels: labels.clone(),
-                        value: 1.0,
-                    }]
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect(),
-    ))
-}
-
-fn absent_over_time(ev: &Evaluator<'_>, arg: &Expr) -> Result<Evaluated, QueryError> {
-    let labels = absent_labels(arg);
-    let present = range_fn(ev, "absent_over_time", arg, true, |_| Some(1.0))?;
-    let Evaluated::Vector(steps) = present else {
-        unreachable!("range_fn returns vectors")
-    };
-    Ok(Evaluated::Vector(
+/// One element with `labels` and value 1 at every step where `steps` is empty.
+fn absent_where_empty(steps: Vec<Vector>, labels: Labels) -> Evaluated {
+    Evaluated::Vector(
         steps
             .into_iter()
             .map(|v| {
@@ -567,7 +544,19 @@ fn absent_over_time(ev: &Evaluator<'_>, arg: &Expr) -> Result<Evaluated, QueryEr
                 }
             })
             .collect(),
-    ))
+    )
+}
+
+fn absent(ev: &Evaluator<'_>, arg: &Expr) -> Result<Evaluated, QueryError> {
+    Ok(absent_where_empty(vector_arg(ev, arg)?, absent_labels(arg)))
+}
+
+fn absent_over_time(ev: &Evaluator<'_>, arg: &Expr) -> Result<Evaluated, QueryError> {
+    let Evaluated::Vector(steps) = range_fn(ev, "absent_over_time", arg, true, |_| Some(1.0))?
+    else {
+        unreachable!("range_fn returns vectors")
+    };
+    Ok(absent_where_empty(steps, absent_labels(arg)))
 }
 
 /// `timestamp()`: a selector's samples report their own time; anything else the step time.
@@ -813,7 +802,7 @@ fn date_fn(ev: &Evaluator<'_>, name: &str, arg: Option<&Expr>) -> Result<Evaluat
 }
 
 /// Year, month (1-12) and day (1-31) of a day count since 1970-01-01 (Howard Hinnant).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
+pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

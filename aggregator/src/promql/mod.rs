@@ -15,7 +15,9 @@ mod value;
 #[cfg(test)]
 mod tests;
 
+pub use aggregate::format_go_float as format_value;
 pub use eval::{selector_matchers, SelectHints, SeriesSource, Settings};
+pub use functions::civil_from_days;
 pub use value::{get as label_value, is_stale_marker, Labels, RangeSeries};
 
 use eval::{to_series, unparen, Evaluator};

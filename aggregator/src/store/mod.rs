@@ -556,6 +556,11 @@ impl Storage {
         Ok(())
     }
 
+    /// Waits until a flush, compaction or retention pass in progress has finished. Blocking.
+    pub fn wait_for_maintenance(&self) {
+        drop(self.maintenance.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
     /// Writes the whole head into blocks and removes the log before that point. Blocking.
     pub fn flush(&self) -> Result<(), StoreError> {
         let _m = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
