@@ -162,6 +162,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Samples per series and `resolution_ms` bucket in a raw block.
+fn raw_density(meta: &BlockMeta, resolution_ms: i64) -> f64 {
+    let buckets = ((meta.maxt - meta.mint) / resolution_ms).max(1) as f64;
+    meta.samples as f64 / (meta.series.max(1) as f64 * buckets)
+}
+
 /// Merges the same series from several sources, oldest source first: on equal timestamps the
 /// newer source's sample wins.
 fn merge_sources(
@@ -374,7 +380,12 @@ impl Storage {
         }
         let mut chosen: Vec<(Arc<Block>, Option<&'static str>)> = Vec::new();
         for (_, group) in windows {
-            let at = |res: i64| group.iter().filter(move |b| b.meta.resolution_ms == res);
+            // empty rollup blocks only mark windows too sparse to roll up
+            let at = |res: i64| {
+                group
+                    .iter()
+                    .filter(move |b| b.meta.resolution_ms == res && (res == 0 || b.meta.series > 0))
+            };
             let wanted = (choice.resolution_ms > 0)
                 .then(|| at(choice.resolution_ms).max_by_key(|b| b.meta.seq))
                 .flatten();
@@ -491,7 +502,7 @@ impl Storage {
         {
             self.flush()?;
         }
-        self.compact()?;
+        self.compact(now_ms)?;
         self.downsample(now_ms)?;
         self.retention(now_ms)
     }
@@ -529,7 +540,13 @@ impl Storage {
                 if existing.iter().any(|b| b.meta.source_seq == raw.meta.seq) {
                     continue;
                 }
-                let series = rollup::rollup(raw.all().map_err(StoreError::Block)?, res);
+                // a rollup pays only where it summarises several samples per bucket; sparser
+                // data gets an empty marker block and is read (and kept) raw
+                let series = if raw_density(&raw.meta, res) >= rollup::MIN_DENSITY {
+                    rollup::rollup(raw.all().map_err(StoreError::Block)?, res)
+                } else {
+                    Vec::new()
+                };
                 let meta = BlockMeta {
                     seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
                     mint: raw.meta.mint,
@@ -542,15 +559,8 @@ impl Storage {
                 };
                 let b = block::write(&self.dir.join("blocks"), meta, series)
                     .map_err(StoreError::Block)?;
-                let mut all = self.blocks.write().unwrap_or_else(|p| p.into_inner());
-                all.retain(|x| !existing.iter().any(|e| Arc::ptr_eq(x, e)));
-                all.push(Arc::new(b));
-                all.sort_by_key(|b| b.meta.seq);
-                drop(all);
-                for e in existing {
-                    std::fs::remove_dir_all(&e.dir)
-                        .map_err(|err| StoreError::Block(format!("{}: {err}", e.dir.display())))?;
-                }
+                let existing: Vec<Arc<Block>> = existing.into_iter().cloned().collect();
+                self.replace_blocks(&existing, Some(b))?;
             }
         }
         Ok(())
@@ -634,36 +644,86 @@ impl Storage {
         block::write(&self.dir.join("blocks"), meta, series).map_err(StoreError::Block)
     }
 
-    /// Merges blocks that share a window into one.
-    fn compact(&self) -> Result<(), StoreError> {
+    /// Merges blocks that share a window into one, and raw blocks of a day that ended more than a
+    /// day ago into one day block (fewer, larger blocks: one index per day instead of twelve);
+    /// rollups of windows a day block replaced are removed and computed again for the day.
+    fn compact(&self, now_ms: i64) -> Result<(), StoreError> {
         let _m = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        let day = 86_400_000;
+        let snapshot: Vec<Arc<Block>> = self
+            .blocks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut groups: BTreeMap<(i64, i64, i64), Vec<Arc<Block>>> = BTreeMap::new();
-        for b in self.blocks.read().unwrap_or_else(|p| p.into_inner()).iter() {
-            groups
-                .entry((b.meta.mint, b.meta.maxt, b.meta.resolution_ms))
-                .or_default()
-                .push(b.clone());
+        for b in &snapshot {
+            let m = &b.meta;
+            let day_start = m.mint.div_euclid(day) * day;
+            let target = if m.resolution_ms == 0
+                && self.config.block_ms < day
+                && m.maxt <= day_start + day
+                && day_start + day <= now_ms - day
+            {
+                (day_start, day_start + day, 0)
+            } else {
+                (m.mint, m.maxt, m.resolution_ms)
+            };
+            groups.entry(target).or_default().push(b.clone());
         }
-        for ((mint, maxt, res), group) in groups.into_iter().filter(|(_, g)| g.len() > 1) {
+        for ((mint, maxt, res), group) in groups {
+            if group.len() == 1 && (group[0].meta.mint, group[0].meta.maxt) == (mint, maxt) {
+                continue;
+            }
             let mut sources = Vec::new();
             for b in &group {
                 sources.push(b.all().map_err(StoreError::Block)?);
             }
             let merged = self.write_block(mint, maxt, res, merge_sources(sources))?;
-            let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
-            blocks.retain(|b| !group.iter().any(|g| Arc::ptr_eq(b, g)));
-            blocks.push(Arc::new(merged));
-            blocks.sort_by_key(|b| b.meta.seq);
-            drop(blocks);
-            for b in &group {
-                std::fs::remove_dir_all(&b.dir)
-                    .map_err(|e| StoreError::Block(format!("{}: {e}", b.dir.display())))?;
-            }
+            self.replace_blocks(&group, Some(merged))?;
             info!(
                 window_start = mint,
+                window_end = maxt,
                 merged = group.len(),
                 "blocks compacted"
             );
+        }
+        // rollups of windows now inside a larger raw block are stale
+        let blocks: Vec<Arc<Block>> = self
+            .blocks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let stale: Vec<Arc<Block>> = blocks
+            .iter()
+            .filter(|r| {
+                r.meta.resolution_ms > 0
+                    && blocks.iter().any(|raw| {
+                        raw.meta.resolution_ms == 0
+                            && raw.meta.mint <= r.meta.mint
+                            && r.meta.maxt <= raw.meta.maxt
+                            && (raw.meta.mint, raw.meta.maxt) != (r.meta.mint, r.meta.maxt)
+                    })
+            })
+            .cloned()
+            .collect();
+        if !stale.is_empty() {
+            self.replace_blocks(&stale, None)?;
+        }
+        Ok(())
+    }
+
+    /// Swaps `old` blocks for `new` (if any) and removes the old directories.
+    fn replace_blocks(&self, old: &[Arc<Block>], new: Option<Block>) -> Result<(), StoreError> {
+        let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
+        blocks.retain(|b| !old.iter().any(|g| Arc::ptr_eq(b, g)));
+        if let Some(b) = new {
+            blocks.push(Arc::new(b));
+        }
+        blocks.sort_by_key(|b| b.meta.seq);
+        drop(blocks);
+        for b in old {
+            std::fs::remove_dir_all(&b.dir)
+                .map_err(|e| StoreError::Block(format!("{}: {e}", b.dir.display())))?;
         }
         Ok(())
     }
@@ -683,7 +743,9 @@ impl Storage {
             let rollup_cutoff = now_ms - self.config.rollup_retention_ms;
             blocks.retain(|b| {
                 let keep = if b.meta.resolution_ms == 0 {
-                    b.meta.maxt > cutoff
+                    // raw data too sparse for 5-minute rollups stands in for them
+                    let sparse = raw_density(&b.meta, rollup::RESOLUTIONS[0]) < rollup::MIN_DENSITY;
+                    b.meta.maxt > if sparse { rollup_cutoff } else { cutoff }
                 } else {
                     b.meta.maxt > rollup_cutoff
                 };
@@ -1018,7 +1080,7 @@ mod tests {
             "two overlapping blocks before compaction"
         );
         assert_eq!(times_of(&s, "m"), vec![10_000, 20_000, 30_000, 40_000]);
-        s.compact().unwrap();
+        s.compact(0).unwrap();
         assert_eq!(s.stats().blocks, 1);
         assert_eq!(times_of(&s, "m"), vec![10_000, 20_000, 30_000, 40_000]);
         assert_eq!(s.stats().samples, 4);
@@ -1108,5 +1170,54 @@ mod tests {
         let mut total = b.clone();
         assert_eq!(s.drop_new_series_over("a", &mut total, 100, 1), (0, 3));
         assert_eq!(total.metrics.len(), 1);
+    }
+
+    #[test]
+    fn old_windows_merge_into_day_blocks_and_sparse_data_is_kept_raw() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = 3_600_000;
+        let day = 24 * hour;
+        let cfg = StoreConfig {
+            block_ms: 2 * hour,
+            retention_ms: 2 * day,
+            rollup_retention_ms: 100 * day,
+            ..Default::default()
+        };
+        let (s, _) = Storage::open(dir.path(), cfg).unwrap();
+        // one day at 10 minutes: too sparse for rollups
+        let times: Vec<i64> = (0..144).map(|i| i * 600_000).collect();
+        s.apply("a", series_batch(1, "m", &times), 0).unwrap();
+        s.flush().unwrap();
+        assert_eq!(s.stats().blocks, 12);
+        s.maintain(3 * day).unwrap();
+        let blocks = s.blocks.read().unwrap().clone();
+        let raw: Vec<_> = blocks
+            .iter()
+            .filter(|b| b.meta.resolution_ms == 0)
+            .collect();
+        assert_eq!(raw.len(), 1, "one day block");
+        assert_eq!((raw[0].meta.mint, raw[0].meta.maxt), (0, day));
+        assert!(
+            blocks
+                .iter()
+                .filter(|b| b.meta.resolution_ms > 0)
+                .all(|b| b.meta.series == 0),
+            "no rollups of sparse data"
+        );
+        let m = [Matcher::new(MatchOp::Equal, "__name__", "m")];
+        assert_eq!(times_of(&s, "m"), times);
+        let wide = crate::promql::SelectHints {
+            step_ms: 6 * hour,
+            func: Some("max_over_time"),
+            range_ms: 6 * hour,
+        };
+        assert_eq!(
+            s.select_hinted(&m, 0, day, &wide)[0].2.len(),
+            144,
+            "read raw"
+        );
+        // past raw retention the sparse raw block stands in for rollups
+        s.maintain(10 * day).unwrap();
+        assert_eq!(times_of(&s, "m").len(), 144);
     }
 }

@@ -12,6 +12,10 @@ use fleetwatch_common::model::{Label, MetricKind, Sample, Series};
 /// Rollup bucket widths, finest first.
 pub const RESOLUTIONS: [i64; 2] = [5 * 60_000, 3_600_000];
 
+/// Rollups are written only where raw data has at least this many samples per series and
+/// bucket: below it the four aggregates would take more room than the samples they summarise.
+pub const MIN_DENSITY: f64 = 8.0;
+
 /// The label that tells the four aggregates of a rollup apart.
 pub const LABEL: &str = "__rollup__";
 
