@@ -450,6 +450,23 @@ impl Wal {
         Ok((next, skipped))
     }
 
+    /// Seals the active segment when it holds anything and starts the next one, returning
+    /// where that begins: everything before it can then be removed whole
+    /// ([`Wal::remove_before`]). For a caller that keeps appends out meanwhile (the store's
+    /// flush does), the returned position is exactly the end of what was written.
+    pub fn cut(&self) -> Result<Lsn, WalError> {
+        let mut guard = lock(&self.writer);
+        let w = &mut *guard;
+        self.check_failed()?;
+        if w.offset > 0 {
+            self.rotate(w)?;
+        }
+        Ok(Lsn {
+            segment: w.segment,
+            offset: w.offset,
+        })
+    }
+
     /// Where the next append goes: the end of the log.
     pub fn end(&self) -> Lsn {
         let w = lock(&self.writer);

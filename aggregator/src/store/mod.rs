@@ -576,7 +576,8 @@ impl Storage {
         let _m = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
         let (old, cut) = {
             let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
-            let cut = self.wal.end();
+            // a new segment from here, so that the whole log before it goes once flushed
+            let cut = self.wal.cut()?;
             let old = std::mem::take(&mut *self.head.write().unwrap_or_else(|p| p.into_inner()));
             self.head_since.store(i64::MAX, Ordering::Relaxed);
             let old = Arc::new(old);
@@ -1035,8 +1036,10 @@ mod tests {
                 0,
             )
             .unwrap();
+            let before = s.stats().wal_bytes;
             s.flush().unwrap();
             assert_eq!(s.stats().blocks, 2, "one block per window");
+            assert!(s.stats().wal_bytes < before, "the flushed log is removed");
             s.apply("a", series_batch(2, "m", &[3 * hour]), 0).unwrap();
             assert_eq!(
                 times_of(&s, "m"),
