@@ -486,3 +486,57 @@ fn a_silence_stops_notifications_and_its_expiry_resumes_them() {
         rx.count("/hook", "firing") > silenced
     });
 }
+
+#[test]
+fn rules_reload_on_sighup_and_through_the_api_keeping_alert_state() {
+    let fleet = Fleet::new();
+    let rules = "groups:\n  - name: t\n    interval: 1s\n    rules:\n      - alert: Always\n        expr: vector(1)\n";
+    std::fs::write(fleet.path("rules.yml"), rules).unwrap();
+    fleet.add_aggregator_config(&format!(
+        "[rules]\nfiles = [\"{}\"]\n",
+        fleet.path("rules.yml").display()
+    ));
+    let agg = fleet.start_aggregator();
+    let active_at = || {
+        alerts(&fleet, "/api/v1/alerts")
+            .first()
+            .map(|a| a["activeAt"].as_str().unwrap_or("").to_string())
+    };
+    fleet.wait_for("the alert firing", Duration::from_secs(30), || {
+        active_at().is_some()
+    });
+    let first = active_at();
+    let rule_count = || {
+        let (_, body) = fleet.http_get("/api/v1/rules").unwrap();
+        body.matches("\"type\":").count()
+    };
+    // SIGHUP: a new recording rule appears, the alert keeps its activeAt
+    std::fs::write(
+        fleet.path("rules.yml"),
+        format!("{rules}      - record: one\n        expr: vector(1)\n"),
+    )
+    .unwrap();
+    unsafe {
+        libc::kill(agg.pid() as i32, libc::SIGHUP);
+    }
+    fleet.wait_for("the reloaded rules", Duration::from_secs(30), || {
+        rule_count() == 2
+    });
+    assert_eq!(active_at(), first, "alert state kept across the reload");
+    // a broken file through the admin API: refused with the reason, the running rules kept
+    std::fs::write(
+        fleet.path("rules.yml"),
+        "groups:\n  - name: t\n    rules:\n      - alert: X\n        expr: sum(\n",
+    )
+    .unwrap();
+    let (code, body) = post(&fleet, "/api/admin/rules/reload", "");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("could not parse expression"), "{body}");
+    assert_eq!(rule_count(), 2);
+    // and a good one through the API
+    std::fs::write(fleet.path("rules.yml"), rules).unwrap();
+    let (code, body) = post(&fleet, "/api/admin/rules/reload", "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(rule_count(), 1);
+    assert_eq!(active_at(), first);
+}
