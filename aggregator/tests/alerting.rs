@@ -23,6 +23,20 @@ const RULES: &str = r#"groups:
         expr: count(up == 1)
 "#;
 
+/// A host is stale after 1 s without data and down after 2 s.
+fn fast_host_status(fleet: &Fleet) {
+    let toml = std::fs::read_to_string(fleet.path("aggregator.toml")).unwrap();
+    std::fs::write(
+        fleet.path("aggregator.toml"),
+        toml.replacen(
+            "[http]",
+            "[fleet]\nstale_after_seconds = 1\ndown_after_seconds = 2\n[http]",
+            1,
+        ),
+    )
+    .unwrap();
+}
+
 fn alerts(fleet: &Fleet, query: &str) -> Vec<serde_json::Value> {
     let (code, body) = fleet.http_get(query).unwrap();
     assert_eq!(code, 200, "{body}");
@@ -79,16 +93,7 @@ fn host_down_fires_survives_a_restart_and_resolves() {
         fleet.path("rules.yml").display()
     ));
     // a host is stale after 1 s without data and down after 2 s
-    let toml = std::fs::read_to_string(fleet.path("aggregator.toml")).unwrap();
-    std::fs::write(
-        fleet.path("aggregator.toml"),
-        toml.replacen(
-            "[http]",
-            "[fleet]\nstale_after_seconds = 1\ndown_after_seconds = 2\n[http]",
-            1,
-        ),
-    )
-    .unwrap();
+    fast_host_status(&fleet);
     fleet.agent_config("web-1", 0.2, "");
     let agg = fleet.start_aggregator();
     let agent = fleet.start_agent("web-1");
@@ -222,24 +227,7 @@ const NOTIFY_RULES: &str = r#"groups:
 "#;
 
 fn post(fleet: &Fleet, path: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", fleet.http_port)).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        support::TOKEN,
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (
-        code,
-        out.split_once("\r\n\r\n")
-            .map(|x| x.1.to_string())
-            .unwrap_or_default(),
-    )
+    support::http_request(fleet.http_port, "POST", path, body, support::TOKEN).unwrap()
 }
 
 #[test]
@@ -315,16 +303,7 @@ receiver = "am"
         rules = fleet.path("rules.yml").display(),
         p = rx.port
     ));
-    let toml = std::fs::read_to_string(fleet.path("aggregator.toml")).unwrap();
-    std::fs::write(
-        fleet.path("aggregator.toml"),
-        toml.replacen(
-            "[http]",
-            "[fleet]\nstale_after_seconds = 1\ndown_after_seconds = 2\n[http]",
-            1,
-        ),
-    )
-    .unwrap();
+    fast_host_status(&fleet);
     fleet.agent_config("web-1", 0.2, "");
     let agg = fleet.start_aggregator();
     let agent = fleet.start_agent("web-1");
@@ -476,12 +455,15 @@ fn a_silence_stops_notifications_and_its_expiry_resumes_them() {
         "{list}"
     );
     // expire it: notifications resume
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", fleet.http_port)).unwrap();
-    write!(s, "DELETE /api/fleet/silences/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", support::TOKEN).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let (code, out) = support::http_request(
+        fleet.http_port,
+        "DELETE",
+        &format!("/api/fleet/silences/{id}"),
+        "",
+        support::TOKEN,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{out}");
     fleet.wait_for("notifications again", Duration::from_secs(30), || {
         rx.count("/hook", "firing") > silenced
     });

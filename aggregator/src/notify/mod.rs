@@ -221,12 +221,10 @@ impl Notifier {
     }
 
     /// Why an alert is muted now, if it is.
-    fn muted(&self, a: &Alert, all: &[Alert], silences: &[Silence], now: i64) -> Option<String> {
-        for s in silences.iter().filter(|s| s.active(now)) {
-            if let Ok(m) = matcher::parse_all(&s.matchers) {
-                if matcher::matches(&m, &a.labels) {
-                    return Some(format!("silence {}", s.id));
-                }
+    fn muted(&self, a: &Alert, all: &[Alert], silences: &[ActiveSilence]) -> Option<String> {
+        for (id, m) in silences {
+            if matcher::matches(m, &a.labels) {
+                return Some(format!("silence {id}"));
             }
         }
         for i in &self.inhibits {
@@ -298,9 +296,9 @@ impl Notifier {
 
         // group what is not muted
         let mut groups: BTreeMap<String, Pending> = BTreeMap::new();
-        let silences = state.silences.clone();
+        let silences = active_silences(&state.silences, now);
         for a in alerts.iter().filter(|a| a.state != AlertState::Pending) {
-            if self.muted(a, alerts, &silences, now).is_some() {
+            if self.muted(a, alerts, &silences).is_some() {
                 continue;
             }
             for (receiver, group_by) in self.route(a) {
@@ -514,13 +512,15 @@ impl Notifier {
 
     /// Why an alert is muted, for the API.
     pub fn muted_reason(&self, a: &Alert, all: &[Alert], now: i64) -> Option<String> {
-        let silences = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .silences
-            .clone();
-        self.muted(a, all, &silences, now)
+        let silences = active_silences(
+            &self
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .silences,
+            now,
+        );
+        self.muted(a, all, &silences)
     }
 
     /// The alert history, newest first.
@@ -545,6 +545,17 @@ impl Notifier {
             .cloned()
             .collect()
     }
+}
+
+/// A silence in force, its matchers parsed once per pass rather than once per alert.
+type ActiveSilence = (String, Vec<Matcher>);
+
+fn active_silences(silences: &[Silence], now: i64) -> Vec<ActiveSilence> {
+    silences
+        .iter()
+        .filter(|s| s.active(now))
+        .filter_map(|s| Some((s.id.clone(), matcher::parse_all(&s.matchers).ok()?)))
+        .collect()
 }
 
 fn push_history(

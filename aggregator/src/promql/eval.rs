@@ -362,17 +362,7 @@ impl<'a> Evaluator<'a> {
         };
         let times = inner.times();
         let series = match inner.eval(&sq.expr)? {
-            Evaluated::Scalar(values) => vec![RangeSeries {
-                labels: Labels::from(Vec::new()),
-                samples: times
-                    .iter()
-                    .zip(values)
-                    .map(|(&t, v)| fleetwatch_common::model::Sample {
-                        timestamp_ms: t,
-                        value: v,
-                    })
-                    .collect(),
-            }],
+            Evaluated::Scalar(values) => vec![scalar_series(&times, values)],
             Evaluated::Vector(steps) => to_series(&times, steps),
             Evaluated::String(_) => {
                 return Err(QueryError::BadData(
@@ -386,6 +376,21 @@ impl<'a> Evaluator<'a> {
             at_ms: at,
             offset_ms: off,
         })
+    }
+}
+
+/// A scalar per step as one series without labels.
+pub(super) fn scalar_series(times: &[i64], values: Vec<f64>) -> RangeSeries {
+    RangeSeries {
+        labels: Labels::from(Vec::new()),
+        samples: times
+            .iter()
+            .zip(values)
+            .map(|(&t, v)| fleetwatch_common::model::Sample {
+                timestamp_ms: t,
+                value: v,
+            })
+            .collect(),
     }
 }
 

@@ -20,7 +20,7 @@ pub use eval::{selector_matchers, SelectHints, SeriesSource, Settings};
 pub use functions::civil_from_days;
 pub use value::{get as label_value, is_stale_marker, Labels, RangeSeries};
 
-use eval::{to_series, unparen, Evaluator};
+use eval::{scalar_series, to_series, unparen, Evaluator};
 use promql_parser::parser::{self, Expr};
 use std::cell::Cell;
 use value::Evaluated;
@@ -165,17 +165,7 @@ pub fn range(
     let ev = Evaluator::new(source, settings, start_ms, end_ms, step_ms, &loaded);
     let times = ev.times();
     Ok(QueryValue::Matrix(match ev.eval(&expr)? {
-        Evaluated::Scalar(values) => vec![RangeSeries {
-            labels: Labels::from(Vec::new()),
-            samples: times
-                .iter()
-                .zip(values)
-                .map(|(&t, v)| fleetwatch_common::model::Sample {
-                    timestamp_ms: t,
-                    value: v,
-                })
-                .collect(),
-        }],
+        Evaluated::Scalar(values) => vec![scalar_series(&times, values)],
         Evaluated::Vector(steps) => to_series(&times, steps),
         Evaluated::String(_) => return Err(QueryError::BadData(
             "invalid expression type \"string\" for range query, must be Scalar or instant Vector"

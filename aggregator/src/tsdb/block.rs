@@ -16,9 +16,8 @@ use super::chunk::{ChunkIter, ChunkWriter};
 use super::head::{matches, CHUNK_SAMPLES};
 use fleetwatch_common::codec::{self, FrameLimits};
 use fleetwatch_common::model::{MetricKind, Sample, Series};
-use promql_parser::label::{MatchOp, Matcher};
+use promql_parser::label::Matcher;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -74,7 +73,7 @@ pub struct Block {
     /// Its directory.
     pub dir: PathBuf,
     index: BlockIndex,
-    postings: HashMap<(String, String), Vec<u32>>,
+    postings: super::Postings,
     chunks: File,
 }
 
@@ -183,7 +182,7 @@ impl Block {
         };
         let index: BlockIndex = codec::decode_value(&bytes, &limits)
             .map_err(|e| format!("{}: {e}", index_path.display()))?;
-        let mut postings: HashMap<(String, String), Vec<u32>> = HashMap::new();
+        let mut postings = super::Postings::new();
         for (id, s) in index.series.iter().enumerate() {
             postings
                 .entry(("__name__".into(), s.series.name.clone()))
@@ -208,24 +207,8 @@ impl Block {
     }
 
     fn candidates(&self, matchers: &[Matcher]) -> Vec<u32> {
-        let mut lists: Vec<&Vec<u32>> = Vec::new();
-        for m in matchers {
-            if matches!(m.op, MatchOp::Equal) && !m.value.is_empty() {
-                match self.postings.get(&(m.name.clone(), m.value.clone())) {
-                    Some(l) => lists.push(l),
-                    None => return Vec::new(),
-                }
-            }
-        }
-        lists.sort_by_key(|l| l.len());
-        match lists.split_first() {
-            None => (0..self.index.series.len() as u32).collect(),
-            Some((first, rest)) => first
-                .iter()
-                .copied()
-                .filter(|id| rest.iter().all(|l| l.binary_search(id).is_ok()))
-                .collect(),
-        }
+        super::candidate_ids(&self.postings, matchers)
+            .unwrap_or_else(|| (0..self.index.series.len() as u32).collect())
     }
 
     /// Series matching, with their samples in `[start, end]`.

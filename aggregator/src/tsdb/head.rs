@@ -4,7 +4,7 @@
 
 use super::chunk::{ChunkIter, ChunkWriter};
 use fleetwatch_common::model::{MetricKind, Sample, Series, SeriesSamples};
-use promql_parser::label::{MatchOp, Matcher};
+use promql_parser::label::Matcher;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -228,7 +228,7 @@ pub struct Head {
     series: Vec<Option<MemSeries>>,
     by_hash: HashMap<u64, Vec<u32>>,
     /// Label pair (name, value) → ids of series with it, ascending; `__name__` included.
-    postings: HashMap<(String, String), Vec<u32>>,
+    postings: super::Postings,
     per_host: HashMap<String, usize>,
     free: Vec<u32>,
     live: usize,
@@ -359,29 +359,11 @@ impl Head {
     /// Ids of series that can match: the intersection of the postings of the equality
     /// matchers, or every series when there is none.
     fn candidates(&self, matchers: &[Matcher]) -> Vec<u32> {
-        let mut lists: Vec<&Vec<u32>> = Vec::new();
-        for m in matchers {
-            if let MatchOp::Equal = m.op {
-                if m.value.is_empty() {
-                    continue; // matches series without the label: no posting list
-                }
-                match self.postings.get(&(m.name.clone(), m.value.clone())) {
-                    Some(list) => lists.push(list),
-                    None => return Vec::new(),
-                }
-            }
-        }
-        lists.sort_by_key(|l| l.len());
-        match lists.split_first() {
-            None => (0..self.series.len() as u32)
+        super::candidate_ids(&self.postings, matchers).unwrap_or_else(|| {
+            (0..self.series.len() as u32)
                 .filter(|&id| self.series[id as usize].is_some())
-                .collect(),
-            Some((first, rest)) => first
-                .iter()
-                .copied()
-                .filter(|id| rest.iter().all(|l| l.binary_search(id).is_ok()))
-                .collect(),
-        }
+                .collect()
+        })
     }
 
     /// Every series matching, with its samples in `[start_ms, end_ms]` (series without samples
@@ -451,6 +433,7 @@ impl Head {
 mod tests {
     use super::*;
     use fleetwatch_common::model::Label;
+    use promql_parser::label::MatchOp;
     use proptest::prelude::*;
 
     fn ss(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> SeriesSamples {

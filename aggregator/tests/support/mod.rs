@@ -287,10 +287,29 @@ pub fn http_get_with(
     path_and_query: &str,
     token: &str,
 ) -> std::io::Result<(u16, String)> {
+    http_request(port, "GET", path_and_query, "", token)
+}
+
+/// One HTTP/1.1 request with a bearer token (and a JSON body when not empty): status and body.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path_and_query: &str,
+    body: &str,
+    token: &str,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path_and_query} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")?;
+    let content = if body.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    };
+    write!(s, "{method} {path_and_query} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n{content}Connection: close\r\n\r\n{body}")?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).to_string();
