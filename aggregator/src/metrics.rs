@@ -56,6 +56,10 @@ pub struct Metrics {
     pub remote_write_skipped: IntCounterVec,
     /// Newest sample timestamp an endpoint has accepted, by endpoint.
     pub remote_write_last_sent: IntGaugeVec,
+    /// Rule reloads, by result (ok, refused).
+    pub rule_reloads: IntCounterVec,
+    /// Rule evaluations that failed (query error, wrong result type, over the group limit), by group.
+    pub rule_evaluation_failures: IntCounterVec,
     /// Notifications, by receiver and result (sent, failed).
     pub notifications: IntCounterVec,
     /// Notification delivery attempts, by receiver.
@@ -99,6 +103,8 @@ impl Metrics {
             remote_write_requests: reg!(IntCounterVec::new(Opts::new("fleetwatch_remote_write_requests_total", "Remote-write requests, by endpoint and HTTP status code (error: no response)."), &["remote", "code"])),
             remote_write_retries: reg!(IntCounterVec::new(Opts::new("fleetwatch_remote_write_retries_total", "Remote-write requests retried after a 5xx, 429 or connection failure, by endpoint."), &["remote"])),
             remote_write_skipped: reg!(IntCounterVec::new(Opts::new("fleetwatch_remote_write_log_skips_total", "Times retention removed logged samples before the endpoint received them, by endpoint."), &["remote"])),
+            rule_reloads: reg!(IntCounterVec::new(Opts::new("fleetwatch_rule_reloads_total", "Rule file reloads (SIGHUP or the admin API), by result (ok; refused: invalid files, the running rules kept)."), &["result"])),
+            rule_evaluation_failures: reg!(IntCounterVec::new(Opts::new("fleetwatch_rule_evaluation_failures_total", "Rule evaluations that failed (query error, wrong result type, over the group's limit), by group."), &["group"])),
             notifications: reg!(IntCounterVec::new(Opts::new("fleetwatch_notifications_total", "Alert notifications, by receiver and result (sent; failed: every attempt failed)."), &["receiver", "result"])),
             notification_attempts: reg!(IntCounterVec::new(Opts::new("fleetwatch_notification_attempts_total", "Alert notification delivery attempts, by receiver (retries included)."), &["receiver"])),
             remote_write_last_sent: reg!(IntGaugeVec::new(Opts::new("fleetwatch_remote_write_last_sent_timestamp_seconds", "Newest sample timestamp the endpoint has accepted, by endpoint."), &["remote"])),

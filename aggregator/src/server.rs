@@ -138,6 +138,7 @@ pub async fn start(config: AggregatorConfig) -> anyhow::Result<RunningAggregator
         config.rules.files.clone(),
         (config.rules.evaluation_interval_seconds * 1000.0) as i64,
         &config.data_dir,
+        metrics.clone(),
     )
     .map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();

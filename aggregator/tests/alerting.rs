@@ -521,4 +521,7 @@ fn rules_reload_on_sighup_and_through_the_api_keeping_alert_state() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(rule_count(), 1);
     assert_eq!(active_at(), first);
+    // reloads are counted by result
+    assert_eq!(fleet.own_metric("fleetwatch_rule_reloads_total{result=\"ok\"}"), 2.0);
+    assert_eq!(fleet.own_metric("fleetwatch_rule_reloads_total{result=\"refused\"}"), 1.0);
 }

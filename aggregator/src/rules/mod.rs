@@ -61,6 +61,7 @@ pub struct RuleManager {
     groups: RwLock<Vec<GroupState>>,
     /// One evaluation pass at a time (evaluation and reload).
     running: Mutex<()>,
+    metrics: crate::metrics::Metrics,
 }
 
 impl RuleManager {
@@ -69,6 +70,7 @@ impl RuleManager {
         patterns: Vec<PathBuf>,
         default_interval_ms: i64,
         data_dir: &Path,
+        metrics: crate::metrics::Metrics,
     ) -> Result<Self, Vec<RuleError>> {
         let state_path = data_dir.join("rules").join("state.json");
         let saved: Saved = std::fs::read(&state_path)
@@ -83,6 +85,7 @@ impl RuleManager {
             state_path,
             groups: RwLock::new(states),
             running: Mutex::new(()),
+            metrics,
         })
     }
 
@@ -141,7 +144,16 @@ impl RuleManager {
     /// alert state carries over to rules that keep their group, position and name.
     pub fn reload(&self) -> Result<usize, Vec<RuleError>> {
         let _run = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        let groups = Self::load(&self.patterns, self.default_interval_ms)?;
+        let groups = match Self::load(&self.patterns, self.default_interval_ms) {
+            Ok(g) => g,
+            Err(errors) => {
+                self.metrics
+                    .rule_reloads
+                    .with_label_values(&["refused"])
+                    .inc();
+                return Err(errors);
+            }
+        };
         let saved = self.snapshot();
         let mut states = Self::attach(groups, &saved);
         // keep evaluation times so groups do not all run at once after a reload
@@ -154,6 +166,7 @@ impl RuleManager {
         drop(old);
         let n = states.iter().map(|g| g.group.rules.len()).sum();
         *self.groups.write().unwrap_or_else(|p| p.into_inner()) = states;
+        self.metrics.rule_reloads.with_label_values(&["ok"]).inc();
         info!(rules = n, "rules reloaded");
         Ok(n)
     }
@@ -176,7 +189,7 @@ impl RuleManager {
         }
         for i in due {
             let group = self.groups.read().unwrap_or_else(|p| p.into_inner())[i].clone();
-            let evaluated = evaluate_group(group, store, now);
+            let evaluated = evaluate_group(group, store, now, &self.metrics);
             self.groups.write().unwrap_or_else(|p| p.into_inner())[i] = evaluated;
         }
         if let Err(error) = self.save() {
@@ -214,7 +227,12 @@ impl RuleManager {
     }
 }
 
-fn evaluate_group(mut g: GroupState, store: &Storage, now: i64) -> GroupState {
+fn evaluate_group(
+    mut g: GroupState,
+    store: &Storage,
+    now: i64,
+    metrics: &crate::metrics::Metrics,
+) -> GroupState {
     let started = std::time::Instant::now();
     let mut out: Vec<SeriesSamples> = Vec::new();
     for (i, rule) in g.group.rules.iter().enumerate() {
@@ -229,11 +247,19 @@ fn evaluate_group(mut g: GroupState, store: &Storage, now: i64) -> GroupState {
             }
             Ok(_) => {
                 health.health = "err";
+                metrics
+                    .rule_evaluation_failures
+                    .with_label_values(&[g.group.name.as_str()])
+                    .inc();
                 health.last_error = "the expression must return an instant vector".into();
                 continue;
             }
             Err(e) => {
                 health.health = "err";
+                metrics
+                    .rule_evaluation_failures
+                    .with_label_values(&[g.group.name.as_str()])
+                    .inc();
                 health.last_error = e.to_string();
                 warn!(group = %g.group.name, rule = rule.name(), error = %e, "rule evaluation failed");
                 continue;
@@ -241,6 +267,10 @@ fn evaluate_group(mut g: GroupState, store: &Storage, now: i64) -> GroupState {
         };
         if g.group.limit > 0 && elems.len() as u64 > g.group.limit {
             health.health = "err";
+            metrics
+                .rule_evaluation_failures
+                .with_label_values(&[g.group.name.as_str()])
+                .inc();
             health.last_error = format!(
                 "{} results exceed the group's limit of {}",
                 elems.len(),
