@@ -1,16 +1,17 @@
-//! The collector: runs the sources on their intervals, gathers what they produce into batches
-//! (sealed by size or by age) and writes each batch durably to the buffer, waking the shipper.
+//! The collector: sources run as tasks and send what they collect over one channel; the
+//! collector gathers it into batches (sealed by size or by age) and writes each batch durably
+//! to the buffer, waking the shipper. The host source's loop lives here too.
 
 use crate::buffer::Buffer;
-use crate::config::{secs, AgentConfig};
+use crate::config::{secs, BatchConfig, HostConfig};
 use crate::metrics::AgentMetrics;
 use crate::sources::host::HostSource;
 use fleetwatch_common::codec;
-use fleetwatch_common::model::{now_ms, Batch, Lane, SeriesSamples};
+use fleetwatch_common::model::{now_ms, Batch, CheckResult, Lane, SeriesSamples};
 use fleetwatch_common::protocol::Message;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::warn;
 
 /// Gathers items into batches: sealed when `max_items` is reached or the oldest item waited
@@ -36,19 +37,39 @@ impl Batcher {
     pub fn add_metrics(&mut self, series: Vec<SeriesSamples>, now: Instant) -> Vec<Batch> {
         let mut sealed = Vec::new();
         for ss in series {
-            let n = ss.samples.len();
-            let (_, batch) = self
-                .current
-                .get_or_insert_with(|| (now, Batch::new(Lane::Metrics, now_ms())));
-            batch.metrics.push(ss);
-            let _ = n;
-            if batch.item_count() >= self.max_items {
-                if let Some((_, b)) = self.current.take() {
-                    sealed.push(b);
-                }
-            }
+            self.current_batch(now).metrics.push(ss);
+            self.seal_if_full(&mut sealed);
         }
         sealed
+    }
+
+    /// Adds check results; returns the batches that became full.
+    pub fn add_checks(&mut self, results: Vec<CheckResult>, now: Instant) -> Vec<Batch> {
+        let mut sealed = Vec::new();
+        for r in results {
+            self.current_batch(now).checks.push(r);
+            self.seal_if_full(&mut sealed);
+        }
+        sealed
+    }
+
+    fn current_batch(&mut self, now: Instant) -> &mut Batch {
+        &mut self
+            .current
+            .get_or_insert_with(|| (now, Batch::new(Lane::Metrics, now_ms())))
+            .1
+    }
+
+    fn seal_if_full(&mut self, sealed: &mut Vec<Batch>) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|(_, b)| b.item_count() >= self.max_items)
+        {
+            if let Some((_, b)) = self.current.take() {
+                sealed.push(b);
+            }
+        }
     }
 
     /// The current batch, if it waited long enough (or `force`).
@@ -110,28 +131,57 @@ pub async fn store_batch(
     metrics.buffer_bytes.set(stats.bytes as i64);
 }
 
-/// Runs the host source and the batcher until `shutdown`.
+/// What a source hands to the collector.
+#[derive(Debug)]
+pub enum Collected {
+    /// Metric samples.
+    Metrics(Vec<SeriesSamples>),
+    /// Health-check results and the series made from them.
+    Checks {
+        /// The results, shipped in `Batch::checks`.
+        results: Vec<CheckResult>,
+        /// The series made from them, shipped in `Batch::metrics`.
+        series: Vec<SeriesSamples>,
+    },
+}
+
+/// The sending side every source holds.
+pub type Output = mpsc::Sender<Collected>;
+
+/// Room in the channel from the sources to the collector, in messages; a full channel makes
+/// the sources (and push requests) wait rather than drop.
+pub const CHANNEL_CAPACITY: usize = 256;
+
+/// Runs the batcher until every [`Output`] is dropped: seals batches by size or age and writes
+/// them to the buffer, and expires old batches from the buffer.
 pub async fn run(
-    config: AgentConfig,
+    batch: BatchConfig,
     buffer: Arc<Buffer>,
     metrics: AgentMetrics,
     wake: Arc<Notify>,
-    mut shutdown: watch::Receiver<bool>,
+    mut input: mpsc::Receiver<Collected>,
 ) {
-    let mut host = HostSource::new();
-    let mut batcher = Batcher::new(config.batch.max_items, secs(config.batch.max_wait_seconds));
-    let mut tick = tokio::time::interval(secs(config.host.interval_seconds));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batcher = Batcher::new(batch.max_items, secs(batch.max_wait_seconds));
     let mut expire = tokio::time::interval(Duration::from_secs(60));
     loop {
         let due = batcher.due_at();
         tokio::select! {
-            _ = tick.tick(), if config.host.enabled => {
-                let now = now_ms();
-                let mut series = host.collect(now);
-                metrics.collections.with_label_values(&["host"]).inc();
-                series.extend(metrics.snapshot(now));
-                for batch in batcher.add_metrics(series, Instant::now()) {
+            received = input.recv() => {
+                let sealed = match received {
+                    Some(Collected::Metrics(series)) => batcher.add_metrics(series, Instant::now()),
+                    Some(Collected::Checks { results, series }) => {
+                        let mut sealed = batcher.add_checks(results, Instant::now());
+                        sealed.extend(batcher.add_metrics(series, Instant::now()));
+                        sealed
+                    }
+                    None => {
+                        if let Some(batch) = batcher.take_due(Instant::now(), true) {
+                            store_batch(&buffer, &metrics, &wake, batch).await;
+                        }
+                        return;
+                    }
+                };
+                for batch in sealed {
                     store_batch(&buffer, &metrics, &wake, batch).await;
                 }
             }
@@ -149,12 +199,49 @@ pub async fn run(
                     }
                 }
             }
-            _ = shutdown.changed() => {
-                if let Some(batch) = batcher.take_due(Instant::now(), true) {
-                    store_batch(&buffer, &metrics, &wake, batch).await;
+        }
+    }
+}
+
+/// Collects host metrics (when enabled) and the agent's own metrics every
+/// `host.interval_seconds`, following changes of the host configuration, until `shutdown`.
+pub async fn run_host(
+    mut config: watch::Receiver<HostConfig>,
+    out: Output,
+    metrics: AgentMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut host = HostSource::new();
+    let mut current = config.borrow_and_update().clone();
+    let mut tick = tokio::time::interval(secs(current.interval_seconds));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = now_ms();
+                let mut series = Vec::new();
+                if current.enabled {
+                    series = host.collect(now);
+                    metrics.collections.with_label_values(&["host"]).inc();
                 }
-                return;
+                series.extend(metrics.snapshot(now));
+                if out.send(Collected::Metrics(series)).await.is_err() {
+                    return;
+                }
             }
+            changed = config.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let next = config.borrow_and_update().clone();
+                if next.interval_seconds != current.interval_seconds {
+                    let period = secs(next.interval_seconds);
+                    tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+                current = next;
+            }
+            _ = shutdown.changed() => return,
         }
     }
 }
@@ -204,5 +291,24 @@ mod tests {
         assert!(b.take_due(t0, false).is_none());
         assert!(b.take_due(t0 + Duration::from_millis(150), false).is_some());
         assert!(b.due_at().is_none());
+    }
+
+    #[test]
+    fn check_results_share_batches_with_metrics() {
+        let mut b = Batcher::new(3, Duration::from_secs(60));
+        let now = Instant::now();
+        let result = CheckResult {
+            name: "db".into(),
+            timestamp_ms: 1,
+            status: fleetwatch_common::model::CheckStatus::Healthy,
+            duration_seconds: 0.1,
+            detail: String::new(),
+        };
+        assert!(b.add_metrics(vec![ss(1)], now).is_empty());
+        let sealed = b.add_checks(vec![result.clone(), result.clone(), result], now);
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(sealed[0].checks.len(), 2);
+        assert_eq!(sealed[0].metrics.len(), 1);
+        assert_eq!(b.take_due(now, true).unwrap().checks.len(), 1);
     }
 }

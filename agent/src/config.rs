@@ -2,6 +2,8 @@
 //! `FLEETWATCH_AGENT__SECTION__KEY` environment overrides.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +21,10 @@ pub struct AgentConfig {
     pub batch: BatchConfig,
     /// The durable buffer.
     pub buffer: BufferSettings,
+    /// Prometheus scrape targets (`[[scrape]]` tables).
+    pub scrape: Vec<ScrapeTarget>,
+    /// The local push listener for custom metrics.
+    pub push: PushConfig,
 }
 
 impl Default for AgentConfig {
@@ -29,6 +35,8 @@ impl Default for AgentConfig {
             host: HostConfig::default(),
             batch: BatchConfig::default(),
             buffer: BufferSettings::default(),
+            scrape: Vec::new(),
+            push: PushConfig::default(),
         }
     }
 }
@@ -133,6 +141,91 @@ impl Default for BufferSettings {
     }
 }
 
+/// One Prometheus scrape target (`[[scrape]]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScrapeTarget {
+    /// The `job` label of everything scraped from this target.
+    pub job: String,
+    /// Name of the target in the agent's own metrics and logs (`target` label); defaults to
+    /// `job`, and must be unique among targets.
+    #[serde(default)]
+    pub name: String,
+    /// The URL to scrape, `http://` or `https://`.
+    pub url: String,
+    /// Seconds between scrapes.
+    #[serde(default = "default_scrape_interval")]
+    pub interval_seconds: f64,
+    /// Seconds a scrape may take (at most the interval).
+    #[serde(default = "default_scrape_timeout")]
+    pub timeout_seconds: f64,
+    /// Labels added to every series of this target (they may override `job` and `instance`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Keep the target's own labels when they clash with ours (otherwise theirs become
+    /// `exported_<name>`), as Prometheus' `honor_labels`.
+    #[serde(default)]
+    pub honor_labels: bool,
+    /// Use the timestamps the target exposes (Prometheus' `honor_timestamps`).
+    #[serde(default = "yes")]
+    pub honor_timestamps: bool,
+    /// Largest response body accepted, in bytes; a larger one fails the scrape.
+    #[serde(default = "default_scrape_body")]
+    pub max_body_bytes: u64,
+}
+
+fn default_scrape_interval() -> f64 {
+    15.0
+}
+fn default_scrape_timeout() -> f64 {
+    10.0
+}
+fn default_scrape_body() -> u64 {
+    64 * 1024 * 1024
+}
+fn yes() -> bool {
+    true
+}
+
+impl ScrapeTarget {
+    /// The name used in the agent's own metrics: `name`, else `job`.
+    pub fn target_name(&self) -> &str {
+        if self.name.is_empty() {
+            &self.job
+        } else {
+            &self.name
+        }
+    }
+}
+
+/// The push listener: local programs send custom metrics to `POST /v1/metrics`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Run the listener at all.
+    pub enabled: bool,
+    /// Address to listen on; loopback unless you mean to accept pushes from other hosts.
+    pub listen: String,
+    /// Largest request body, in bytes (larger ones get 413).
+    pub max_body_bytes: usize,
+    /// Most labels on one pushed series.
+    pub max_labels: usize,
+    /// Most series in one request.
+    pub max_series: usize,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:9465".into(),
+            max_body_bytes: 1024 * 1024,
+            max_labels: 32,
+            max_series: 10_000,
+        }
+    }
+}
+
 /// A configuration problem, naming the file or key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -149,6 +242,14 @@ pub enum ConfigError {
     Invalid {
         /// The key.
         key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A scrape target is invalid.
+    #[error("scrape target {target:?}: {message}")]
+    Scrape {
+        /// The target's name.
+        target: String,
         /// What is wrong with it.
         message: String,
     },
@@ -222,6 +323,72 @@ impl AgentConfig {
                 key: "buffer.max_bytes",
                 message: format!("{} is below the minimum of 64 KiB", self.buffer.max_bytes),
             });
+        }
+        self.validate_scrape()?;
+        if self.push.listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "push.listen",
+                message: format!("{:?} is not ip:port", self.push.listen),
+            });
+        }
+        if self.push.max_body_bytes == 0 || self.push.max_labels == 0 || self.push.max_series == 0 {
+            return Err(ConfigError::Invalid {
+                key: "push",
+                message: "max_body_bytes, max_labels and max_series must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_scrape(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.scrape {
+            let name = t.target_name().to_string();
+            let bad = |message: String| ConfigError::Scrape {
+                target: name.clone(),
+                message,
+            };
+            if t.job.is_empty() {
+                return Err(bad("job must not be empty".into()));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(bad(
+                    "two targets have this name; give each a distinct `name`".into(),
+                ));
+            }
+            match reqwest::Url::parse(&t.url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                Ok(u) => {
+                    return Err(bad(format!(
+                        "url {:?}: scheme must be http or https, with a host (got {:?})",
+                        t.url,
+                        u.scheme()
+                    )))
+                }
+                Err(e) => return Err(bad(format!("url {:?}: {e}", t.url))),
+            }
+            for (key, v) in [
+                ("interval_seconds", t.interval_seconds),
+                ("timeout_seconds", t.timeout_seconds),
+            ] {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(bad(format!("{key} must be a positive number, got {v}")));
+                }
+            }
+            if t.timeout_seconds > t.interval_seconds {
+                return Err(bad(format!(
+                    "timeout_seconds ({}) is longer than interval_seconds ({})",
+                    t.timeout_seconds, t.interval_seconds
+                )));
+            }
+            for name in t.labels.keys() {
+                if !fleetwatch_common::validate::is_label_name(name) {
+                    return Err(bad(format!("invalid label name {name:?}")));
+                }
+            }
+            if t.max_body_bytes == 0 {
+                return Err(bad("max_body_bytes must be at least 1".into()));
+            }
         }
         Ok(())
     }

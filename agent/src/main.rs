@@ -15,7 +15,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent.
+    /// Run the agent. SIGHUP reloads the configuration file (scrape targets, push listener,
+    /// host interval, aggregator link and certificate files); an invalid file is refused and
+    /// the running configuration kept.
     Run {
         /// Configuration file (TOML).
         #[arg(short, long, default_value = "/etc/fleetwatch/agent.toml")]
@@ -66,12 +68,19 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     let result = runtime.block_on(async move {
-        let agent = fleetwatch_agent::run::start(config)?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let mut agent = fleetwatch_agent::run::start(config)?;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hangup.recv() => {
+                    // reload_from logs and counts the outcome; a refused file changes nothing
+                    let _ = agent.reload_from(&path).await;
+                }
+            }
         }
         tracing::info!("stopping");
         agent.stop().await;

@@ -40,6 +40,18 @@ pub struct AgentMetrics {
     pub collections: IntCounterVec,
     /// Seconds until the agent's certificate expires.
     pub cert_expiry_seconds: Gauge,
+    /// Scrapes done, by target.
+    pub scrapes: IntCounterVec,
+    /// Scrapes that failed, by target and reason.
+    pub scrape_failures: IntCounterVec,
+    /// Push requests, by format (json, text) and result (accepted, rejected).
+    pub push_requests: IntCounterVec,
+    /// Push requests rejected, by reason.
+    pub push_rejections: IntCounterVec,
+    /// Samples accepted by the push listener.
+    pub push_samples: IntCounter,
+    /// Configuration reloads, by result (applied, invalid, failed).
+    pub config_reloads: IntCounterVec,
 }
 
 impl AgentMetrics {
@@ -72,6 +84,12 @@ impl AgentMetrics {
             rtt_seconds: reg!(Gauge::new("fleetwatch_agent_rtt_seconds", "Round trip to the aggregator at the last hello.")),
             collections: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_collections_total", "Collection passes, by source."), &["source"])),
             cert_expiry_seconds: reg!(Gauge::new("fleetwatch_agent_certificate_expiry_seconds", "Seconds until the agent's certificate expires.")),
+            scrapes: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_scrapes_total", "Scrapes of Prometheus targets, by target."), &["target"])),
+            scrape_failures: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_scrape_failures_total", "Failed scrapes, by target and reason (connect, timeout, http_status, body_too_large, parse, request)."), &["target", "reason"])),
+            push_requests: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_push_requests_total", "Requests to the push listener, by format and result."), &["format", "result"])),
+            push_rejections: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_push_rejected_total", "Push requests rejected, by reason."), &["reason"])),
+            push_samples: reg!(IntCounter::new("fleetwatch_agent_push_samples_total", "Samples accepted by the push listener.")),
+            config_reloads: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_config_reloads_total", "Configuration reloads (SIGHUP), by result (applied, invalid, failed)."), &["result"])),
             registry,
         }
     }

@@ -116,6 +116,24 @@ pub struct Shipper {
     pub wake: Arc<Notify>,
 }
 
+/// How a session ended without an error.
+enum SessionEnd {
+    /// The agent is stopping.
+    Shutdown,
+    /// The link or the credentials changed: connect again now.
+    Reconfigured,
+}
+
+/// A hash of the CA, certificate and key files' contents, to notice rotated files.
+fn credentials_fingerprint(link: &AggregatorLink) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for path in [&link.ca, &link.cert, &link.key] {
+        std::fs::read(path).ok()?.hash(&mut h);
+    }
+    Some(h.finish())
+}
+
 fn server_name(link: &AggregatorLink, address: &str) -> String {
     if !link.server_name.is_empty() {
         return link.server_name.clone();
@@ -128,11 +146,19 @@ fn server_name(link: &AggregatorLink, address: &str) -> String {
 
 impl Shipper {
     /// Ships until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(
-            secs(self.link.backoff_min_seconds),
-            secs(self.link.backoff_max_seconds),
-        );
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let (_keep, links) = watch::channel(self.link.clone());
+        self.run_reloadable(shutdown, links).await
+    }
+
+    /// Ships until `shutdown` turns true, following the link configuration in `links`: a new
+    /// address list, or certificate, key or CA files whose contents changed, end the current
+    /// session and the next connection uses them (certificate rotation without a restart).
+    pub async fn run_reloadable(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        mut links: watch::Receiver<AggregatorLink>,
+    ) {
         let endpoint = match quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))) {
             Ok(e) => e,
             Err(error) => {
@@ -140,14 +166,23 @@ impl Shipper {
                 return;
             }
         };
+        self.link = links.borrow_and_update().clone();
+        let mut backoff = self.backoff();
         let mut index = 0usize;
         while !*shutdown.borrow() {
             let address = self.link.addresses[index % self.link.addresses.len()].clone();
             match self
-                .session(&endpoint, &address, &mut backoff, &mut shutdown)
+                .session(&endpoint, &address, &mut backoff, &mut shutdown, &mut links)
                 .await
             {
-                Ok(()) => break,
+                Ok(SessionEnd::Shutdown) => break,
+                Ok(SessionEnd::Reconfigured) => {
+                    self.metrics.connected.set(0);
+                    self.metrics.in_flight.set(0);
+                    info!("reconnecting with the new aggregator link or credentials");
+                    backoff = self.backoff();
+                    index = 0;
+                }
                 Err(error) => {
                     self.metrics.connected.set(0);
                     self.metrics.in_flight.set(0);
@@ -161,6 +196,14 @@ impl Shipper {
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => {}
+                        changed = links.changed(), if links.has_changed().is_ok() => {
+                            if changed.is_ok() {
+                                // try the new configuration at once
+                                self.link = links.borrow_and_update().clone();
+                                backoff = self.backoff();
+                                index = 0;
+                            }
+                        }
                     }
                 }
             }
@@ -168,13 +211,22 @@ impl Shipper {
         endpoint.close(0u32.into(), b"agent stopping");
     }
 
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            secs(self.link.backoff_min_seconds),
+            secs(self.link.backoff_max_seconds),
+        )
+    }
+
     async fn session(
-        &self,
+        &mut self,
         endpoint: &quinn::Endpoint,
         address: &str,
         backoff: &mut Backoff,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<(), ShipError> {
+        links: &mut watch::Receiver<AggregatorLink>,
+    ) -> Result<SessionEnd, ShipError> {
+        let credentials = credentials_fingerprint(&self.link);
         let tls = tls::client_config(&self.link.ca, &self.link.cert, &self.link.key)
             .map_err(|e| ShipError::Tls(e.to_string()))?;
         if let Some(expiry) = fleetwatch_common::pki::load_certs(&self.link.cert)
@@ -279,7 +331,18 @@ impl Shipper {
                 reason = conn.closed() => return Err(ShipError::Connection(reason)),
                 _ = shutdown.changed() => {
                     conn.close(0u32.into(), b"agent stopping");
-                    return Ok(());
+                    return Ok(SessionEnd::Shutdown);
+                }
+                changed = links.changed(), if links.has_changed().is_ok() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let next = links.borrow_and_update().clone();
+                    if next != self.link || credentials_fingerprint(&next) != credentials {
+                        conn.close(0u32.into(), b"agent reconfigured");
+                        self.link = next;
+                        return Ok(SessionEnd::Reconfigured);
+                    }
                 }
                 // Batches may appear without a wake (for example after a failed send).
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
