@@ -2,5 +2,3 @@
 
 pub mod checks;
 pub mod host;
-pub mod push;
-pub mod scrape;
