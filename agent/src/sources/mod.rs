@@ -2,3 +2,5 @@
 
 pub mod checks;
 pub mod host;
+pub mod push;
+pub mod scrape;
