@@ -6,7 +6,7 @@
 use crate::state::AppState;
 use fleetwatch_agent::transport::{read_frame, write_frame, FrameReadError};
 use fleetwatch_common::codec::{self, CodecError, FrameLimits};
-use fleetwatch_common::model::now_ms;
+use fleetwatch_common::model::{now_ms, CheckResult};
 use fleetwatch_common::pki;
 use fleetwatch_common::protocol::{AckStatus, ServerConn, ServerParams};
 use fleetwatch_common::validate::validate_batch;
@@ -333,11 +333,14 @@ async fn handle_batch(
                     .inc();
             }
             let samples: u64 = batch.metrics.iter().map(|s| s.samples.len() as u64).sum();
+            // Check results go to the fleet once the batch is durable (a duplicate never does).
+            let checks = batch.checks.clone();
             let store = state.store.clone();
             let owner = host.to_string();
             match tokio::task::spawn_blocking(move || store.apply(&owner, batch, now)).await {
                 Ok(Ok(crate::store::ApplyOutcome::Applied)) => {
                     state.metrics.samples_ingested.inc_by(samples);
+                    record_checks(state, host, &checks);
                     match report.breaches.first() {
                         Some(first) => AckStatus::Partial {
                             dropped: report.dropped_items,
@@ -386,4 +389,20 @@ async fn handle_batch(
         .apply_seconds
         .observe(started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Hands an applied batch's check results to the fleet and counts them by status.
+fn record_checks(state: &AppState, host: &str, checks: &[CheckResult]) {
+    if checks.is_empty() {
+        return;
+    }
+    for c in checks {
+        let status = crate::fleet::checks::Health::from(c.status);
+        state
+            .metrics
+            .check_results
+            .with_label_values(&[status.as_str()])
+            .inc();
+    }
+    state.fleet.on_checks(host, checks);
 }

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub samples_ingested: IntCounter,
     /// Items refused by validation or limits, by reason.
     pub items_refused: IntCounterVec,
+    /// Check results stored, by status.
+    pub check_results: IntCounterVec,
     /// Time from receiving a batch to acknowledging it (durable).
     pub apply_seconds: Histogram,
     /// Store errors (a batch not acknowledged).
@@ -87,6 +89,7 @@ impl Metrics {
             batches: reg!(IntCounterVec::new(Opts::new("fleetwatch_ingest_batches_total", "Batches answered, by result (applied, duplicate, partial, rejected)."), &["result"])),
             samples_ingested: reg!(IntCounter::new("fleetwatch_ingest_samples_total", "Samples stored.")),
             items_refused: reg!(IntCounterVec::new(Opts::new("fleetwatch_ingest_items_refused_total", "Samples and records refused by validation or limits, by reason."), &["reason"])),
+            check_results: reg!(IntCounterVec::new(Opts::new("fleetwatch_ingest_check_results_total", "Health-check results stored, by status (healthy, degraded, unhealthy); refused ones are in fleetwatch_ingest_items_refused_total."), &["status"])),
             apply_seconds: reg!(Histogram::with_opts(HistogramOpts::new("fleetwatch_ingest_apply_seconds", "Time from receiving a batch to its durable acknowledgement.").buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]))),
             store_errors: reg!(IntCounter::new("fleetwatch_store_errors_total", "Batches not acknowledged because the store failed.")),
             store_series: reg!(IntGauge::new("fleetwatch_store_series", "Series in the store.")),

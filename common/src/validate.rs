@@ -4,7 +4,7 @@
 //! A breach that concerns the batch as a whole rejects it; a breach in one series or record
 //! drops that item only, and the acknowledgement says how many items were dropped and why.
 
-use crate::model::{Batch, Series};
+use crate::model::{Batch, CheckResult, Series};
 use thiserror::Error;
 
 /// The label the aggregator sets from the agent's certificate.
@@ -31,6 +31,10 @@ pub struct Limits {
     pub max_log_message_bytes: usize,
     /// Structured fields on one log record.
     pub max_log_fields: usize,
+    /// Bytes in a check result's name.
+    pub max_check_name_bytes: usize,
+    /// Bytes in a check result's detail.
+    pub max_check_detail_bytes: usize,
     /// How far in the future (aggregator clock) a timestamp may be.
     pub max_future_ms: i64,
 }
@@ -46,6 +50,8 @@ impl Default for Limits {
             max_label_value_bytes: 2048,
             max_log_message_bytes: 1024 * 1024,
             max_log_fields: 256,
+            max_check_name_bytes: 128,
+            max_check_detail_bytes: 4096,
             max_future_ms: 10 * 60 * 1000,
         }
     }
@@ -90,6 +96,18 @@ pub enum Breach {
     /// Too many fields on a log record.
     #[error("log record from {0} has {1} fields, limit is {2}")]
     TooManyFields(String, usize, usize),
+    /// A check result's name is empty, too long or holds control characters.
+    #[error("check result name {0:?} is invalid: 1 to {1} bytes without control characters")]
+    CheckName(String, usize),
+    /// A check result's detail is too long.
+    #[error("check result {0} has a detail of {1} bytes, limit is {2}")]
+    CheckDetailTooLong(String, usize, usize),
+    /// A check result's duration is negative or not a number.
+    #[error("check result {0} has an invalid duration {1}")]
+    CheckDuration(String, String),
+    /// A check result's timestamp is too far ahead.
+    #[error("check result {0} is {1} ms in the future (agent clock ahead?)")]
+    FutureCheck(String, i64),
     /// The host already has as many series as it may; new ones are refused.
     #[error("host {0} is at its limit of {1} series; {2} new series refused")]
     TooManySeriesForHost(String, usize, u64),
@@ -115,6 +133,10 @@ impl Breach {
             Breach::FutureSample(..) => "future_timestamp",
             Breach::LogTooLong(..) => "log_too_long",
             Breach::TooManyFields(..) => "too_many_fields",
+            Breach::CheckName(..) => "check_name",
+            Breach::CheckDetailTooLong(..) => "check_detail_too_long",
+            Breach::CheckDuration(..) => "check_duration",
+            Breach::FutureCheck(..) => "future_timestamp",
             Breach::TooManySeriesForHost(..) => "series_per_host",
             Breach::TooManySeriesTotal(..) => "series_total",
         }
@@ -268,7 +290,47 @@ pub fn validate_batch(
             None => true,
         }
     });
+    batch
+        .checks
+        .retain(|check| match check_result_breach(check, limits, now_ms) {
+            Some(b) => {
+                report.dropped_items += 1;
+                report.breaches.push(b);
+                false
+            }
+            None => true,
+        });
     Ok(report)
+}
+
+fn check_result_breach(check: &CheckResult, limits: &Limits, now_ms: i64) -> Option<Breach> {
+    let name = &check.name;
+    if name.is_empty()
+        || name.len() > limits.max_check_name_bytes
+        || name.chars().any(char::is_control)
+    {
+        return Some(Breach::CheckName(short(name), limits.max_check_name_bytes));
+    }
+    if check.detail.len() > limits.max_check_detail_bytes {
+        return Some(Breach::CheckDetailTooLong(
+            name.clone(),
+            check.detail.len(),
+            limits.max_check_detail_bytes,
+        ));
+    }
+    if !(check.duration_seconds.is_finite() && check.duration_seconds >= 0.0) {
+        return Some(Breach::CheckDuration(
+            name.clone(),
+            check.duration_seconds.to_string(),
+        ));
+    }
+    if check.timestamp_ms > now_ms.saturating_add(limits.max_future_ms) {
+        return Some(Breach::FutureCheck(
+            name.clone(),
+            check.timestamp_ms - now_ms,
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -348,5 +410,58 @@ mod tests {
         let r = validate_batch(&mut b, "h", &Limits::default(), 1_000).unwrap();
         assert_eq!(r.dropped_items, 1);
         assert_eq!(b.metrics[0].samples.len(), 1);
+    }
+
+    #[test]
+    fn bad_check_results_are_dropped_with_a_reason() {
+        let ok = CheckResult {
+            name: "redis".into(),
+            timestamp_ms: 1_000,
+            status: CheckStatus::Degraded,
+            duration_seconds: 0.1,
+            detail: "list votes has 600 items".into(),
+        };
+        let mut b = Batch::new(Lane::Metrics, 0);
+        b.checks = vec![
+            ok.clone(),
+            CheckResult {
+                name: "x".repeat(300),
+                ..ok.clone()
+            },
+            CheckResult {
+                name: "tab\there".into(),
+                ..ok.clone()
+            },
+            CheckResult {
+                detail: "d".repeat(5000),
+                ..ok.clone()
+            },
+            CheckResult {
+                duration_seconds: f64::NAN,
+                ..ok.clone()
+            },
+            CheckResult {
+                timestamp_ms: 10_000_000,
+                ..ok.clone()
+            },
+        ];
+        let r = validate_batch(&mut b, "h", &Limits::default(), 1_000).unwrap();
+        assert_eq!(b.checks, vec![ok]);
+        assert_eq!(r.dropped_items, 5);
+        let reasons: Vec<_> = r.breaches.iter().map(Breach::reason_label).collect();
+        assert_eq!(
+            reasons,
+            [
+                "check_name",
+                "check_name",
+                "check_detail_too_long",
+                "check_duration",
+                "future_timestamp"
+            ]
+        );
+        assert!(r.breaches[2].to_string().contains("5000 bytes"));
+        assert!(r.breaches[4]
+            .to_string()
+            .contains("9999000 ms in the future"));
     }
 }

@@ -64,7 +64,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route("/federate", get(federate::federate))
         .route("/api/fleet/hosts", get(fleet_api::list))
-        .route("/api/fleet/hosts/{host}", get(fleet_api::one));
+        .route("/api/fleet/hosts/{host}", get(fleet_api::one))
+        .route("/api/fleet/hosts/{host}/checks", get(fleet_api::checks));
     let protected = if state.config.http.metrics_public {
         protected
     } else {

@@ -1,8 +1,13 @@
-//! Fleet state: every agent ever seen, first and last seen, version, host facts, clock skew and
-//! status (up / stale / down). Kept in sled so that it survives restarts; the `up{host}` series is
-//! made from it.
+//! Fleet state: every agent ever seen, first and last seen, version, host facts, clock skew,
+//! status (up / stale / down), and the latest health-check results with the host's overall
+//! health. Kept in sled so that it survives restarts; the `up{host}` series is made from it.
 
-use fleetwatch_common::model::{HostFacts, Label, MetricKind, Sample, Series, SeriesSamples};
+pub mod checks;
+
+use checks::{CheckState, CheckView, Health};
+use fleetwatch_common::model::{
+    CheckResult, HostFacts, Label, MetricKind, Sample, Series, SeriesSamples,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -61,12 +66,18 @@ pub struct HostView {
     pub record: HostRecord,
     /// Status now.
     pub status: HostStatus,
+    /// Health from its checks: the worst status of checks that are not stale; `unknown` when
+    /// it has none.
+    pub health: Health,
 }
 
 /// The fleet.
 pub struct Fleet {
     db: sled::Tree,
     hosts: RwLock<BTreeMap<String, HostRecord>>,
+    checks_db: sled::Tree,
+    /// host → check name → state. Lock order: `hosts` before `checks`.
+    checks: RwLock<BTreeMap<String, BTreeMap<String, CheckState>>>,
     stale_after_ms: i64,
     down_after_ms: i64,
 }
@@ -87,9 +98,26 @@ impl Fleet {
                 Err(error) => tracing::warn!(%error, "skipping an unreadable fleet record"),
             }
         }
+        let checks_db = db.open_tree("checks")?;
+        let mut checks: BTreeMap<String, BTreeMap<String, CheckState>> = BTreeMap::new();
+        for item in checks_db.iter() {
+            let (key, v) = item?;
+            let host = key.split(|b| *b == 0).next().unwrap_or_default();
+            match serde_json::from_slice::<CheckState>(&v) {
+                Ok(state) => {
+                    checks
+                        .entry(String::from_utf8_lossy(host).into_owned())
+                        .or_default()
+                        .insert(state.name.clone(), state);
+                }
+                Err(error) => tracing::warn!(%error, "skipping an unreadable check record"),
+            }
+        }
         Ok(Self {
             db: tree,
             hosts: RwLock::new(hosts),
+            checks_db,
+            checks: RwLock::new(checks),
             stale_after_ms,
             down_after_ms,
         })
@@ -160,6 +188,78 @@ impl Fleet {
             self.persist(rec);
         }
         let _ = self.db.flush();
+        let _ = self.checks_db.flush();
+    }
+
+    /// Takes the check results of one applied batch from `host`: the latest result per check,
+    /// status changes, persisted. Results older than the latest known for their check change
+    /// nothing. Returns how many changed the state.
+    pub fn on_checks(&self, host: &str, results: &[CheckResult]) -> usize {
+        if results.is_empty() {
+            return 0;
+        }
+        let mut all = self.checks.write().unwrap_or_else(|p| p.into_inner());
+        let host_checks = all.entry(host.to_string()).or_default();
+        let mut changed = 0;
+        for r in results {
+            let state = match host_checks.get_mut(&r.name) {
+                Some(state) => {
+                    if !state.apply(r) {
+                        continue;
+                    }
+                    state
+                }
+                None => host_checks
+                    .entry(r.name.clone())
+                    .or_insert_with(|| CheckState::new(r)),
+            };
+            changed += 1;
+            match serde_json::to_vec(state) {
+                Ok(bytes) => {
+                    if let Err(error) = self.checks_db.insert(check_key(host, &r.name), bytes) {
+                        tracing::warn!(%error, %host, check = %r.name, "could not persist check state");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "could not encode check state"),
+            }
+        }
+        changed
+    }
+
+    /// The checks of `host` with their latest result and recent transitions, by name; `None`
+    /// for a host never seen.
+    pub fn checks(&self, host: &str, now_ms: i64) -> Option<Vec<CheckView>> {
+        let known = self
+            .hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(host);
+        let all = self.checks.read().unwrap_or_else(|p| p.into_inner());
+        let states = all.get(host);
+        if !known && states.is_none() {
+            return None;
+        }
+        Some(
+            states
+                .into_iter()
+                .flat_map(|m| m.values())
+                .map(|s| CheckView {
+                    stale: s.is_stale(now_ms, self.down_after_ms),
+                    state: s.clone(),
+                })
+                .collect(),
+        )
+    }
+
+    fn health(
+        &self,
+        all: &BTreeMap<String, BTreeMap<String, CheckState>>,
+        host: &str,
+        now_ms: i64,
+    ) -> Health {
+        all.get(host)
+            .map(|m| checks::host_health(m.values(), now_ms, self.down_after_ms))
+            .unwrap_or(Health::Unknown)
     }
 
     fn status(&self, rec: &HostRecord, now_ms: i64) -> HostStatus {
@@ -173,14 +273,16 @@ impl Fleet {
         }
     }
 
-    /// Every host with its status.
+    /// Every host with its status and health.
     pub fn list(&self, now_ms: i64) -> Vec<HostView> {
         let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
+        let checks = self.checks.read().unwrap_or_else(|p| p.into_inner());
         hosts
             .values()
             .map(|r| HostView {
                 record: r.clone(),
                 status: self.status(r, now_ms),
+                health: self.health(&checks, &r.host, now_ms),
             })
             .collect()
     }
@@ -188,9 +290,11 @@ impl Fleet {
     /// One host.
     pub fn get(&self, host: &str, now_ms: i64) -> Option<HostView> {
         let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
+        let checks = self.checks.read().unwrap_or_else(|p| p.into_inner());
         hosts.get(host).map(|r| HostView {
             record: r.clone(),
             status: self.status(r, now_ms),
+            health: self.health(&checks, host, now_ms),
         })
     }
 
@@ -208,6 +312,16 @@ impl Fleet {
             })
             .collect()
     }
+}
+
+/// The sled key of a check: host, a zero byte, the check's name (neither holds a zero byte:
+/// host names come from certificates, check names are validated).
+fn check_key(host: &str, check: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(host.len() + 1 + check.len());
+    key.extend_from_slice(host.as_bytes());
+    key.push(0);
+    key.extend_from_slice(check.as_bytes());
+    key
 }
 
 #[cfg(test)]
@@ -245,5 +359,60 @@ mod tests {
         assert_eq!(h.record.first_seen_ms, 1_000);
         assert_eq!(h.record.last_seen_ms, 99_000);
         assert!(!h.record.connected);
+    }
+
+    fn check(name: &str, ts: i64, status: fleetwatch_common::model::CheckStatus) -> CheckResult {
+        CheckResult {
+            name: name.into(),
+            timestamp_ms: ts,
+            status,
+            duration_seconds: 0.002,
+            detail: format!("{name} at {ts}"),
+        }
+    }
+
+    #[test]
+    fn check_state_and_host_health_survive_reopen() {
+        use fleetwatch_common::model::CheckStatus::*;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let f = Fleet::open(dir.path(), 30_000, 90_000).unwrap();
+            f.on_hello("web-1", "0.1.0", HostFacts::default(), 0, 0, 1_000);
+            f.on_hello("web-2", "0.1.0", HostFacts::default(), 0, 0, 1_000);
+            assert_eq!(f.get("web-1", 1_000).unwrap().health, Health::Unknown);
+            assert_eq!(f.checks("web-1", 1_000).unwrap().len(), 0);
+            assert!(f.checks("nobody", 1_000).is_none());
+            let n = f.on_checks(
+                "web-1",
+                &[check("redis", 2_000, Healthy), check("db", 2_000, Healthy)],
+            );
+            assert_eq!(n, 2);
+            assert_eq!(f.get("web-1", 2_000).unwrap().health, Health::Healthy);
+            f.on_checks("web-1", &[check("redis", 3_000, Degraded)]);
+            assert_eq!(f.get("web-1", 3_000).unwrap().health, Health::Degraded);
+            f.on_checks("web-1", &[check("db", 4_000, Unhealthy)]);
+            let list = f.list(4_000);
+            assert_eq!(list[0].health, Health::Unhealthy);
+            assert_eq!(list[1].health, Health::Unknown);
+            // An older result (a backlog) changes nothing.
+            assert_eq!(f.on_checks("web-1", &[check("db", 2_500, Healthy)]), 0);
+            f.flush();
+        }
+        let f = Fleet::open(dir.path(), 30_000, 90_000).unwrap();
+        let checks = f.checks("web-1", 4_000).unwrap();
+        assert_eq!(checks.len(), 2);
+        let db = checks.iter().find(|c| c.state.name == "db").unwrap();
+        assert_eq!(db.state.status, Health::Unhealthy);
+        assert_eq!(db.state.detail, "db at 4000");
+        assert_eq!(db.state.transitions.len(), 2);
+        assert_eq!(db.state.transitions[1].from, Health::Healthy);
+        assert!(!db.stale);
+        assert_eq!(f.get("web-1", 4_000).unwrap().health, Health::Unhealthy);
+        // No results for longer than the down time: stale, and the host's health is unknown.
+        assert_eq!(f.get("web-1", 200_000).unwrap().health, Health::Unknown);
+        assert!(f.checks("web-1", 200_000).unwrap()[0].stale);
+        let json = serde_json::to_value(f.get("web-1", 4_000).unwrap()).unwrap();
+        assert_eq!(json["health"], "unhealthy");
+        assert_eq!(json["status"], "up");
     }
 }
