@@ -78,10 +78,14 @@ impl PostgresCheck {
                 return Probe::unhealthy(format!("connecting to {target}: {}", error_chain(&e)))
             }
         };
-        let driver = tokio::spawn(connection);
-        let probe = self.measure(&client, &target).await;
-        drop(client);
-        driver.abort();
+        // The connection is driven beside the queries, inside this future, so that a timeout
+        // drops both; dropping the client ends the session with a Terminate message.
+        let work = async move {
+            let probe = self.measure(&client, &target).await;
+            drop(client);
+            probe
+        };
+        let (probe, _) = tokio::join!(work, connection);
         probe
     }
 

@@ -286,3 +286,30 @@ async fn run_reports_each_result_with_host_health_and_stops() {
     stop.send(true).unwrap();
     task.await.unwrap();
 }
+
+/// The commented `[[checks]]` example in `configs/agent.toml`, uncommented.
+fn shipped_example() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/agent.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text
+        .find("# [[checks]]")
+        .expect("configs/agent.toml has a [[checks]] example");
+    text[start..]
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .filter(|l| !l.starts_with("# #") && *l != "#")
+        .map(|l| l.trim_start_matches("# "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn shipped_example_parses_and_validates() {
+    let checks = parse(&shipped_example());
+    validate(&checks).unwrap();
+    let kinds: Vec<_> = checks.iter().map(|c| c.kind_label().unwrap()).collect();
+    assert_eq!(kinds, ["http", "tcp", "command", "redis", "postgres"]);
+    let lists = &checks[3].redis.as_ref().unwrap().lists;
+    assert_eq!(lists[0].key, "votes");
+    assert_eq!(lists[0].warn, Some(500.0));
+}
