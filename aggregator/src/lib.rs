@@ -9,6 +9,7 @@ pub mod demo;
 pub mod fleet;
 pub mod http;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 pub mod notify;
 pub mod promql;

@@ -66,6 +66,12 @@ pub struct Metrics {
     pub notifications: IntCounterVec,
     /// Notification delivery attempts, by receiver.
     pub notification_attempts: IntCounterVec,
+    /// Live-feed messages published, by topic.
+    pub live_messages: IntCounterVec,
+    /// Live-feed clients connected now.
+    pub live_clients: IntGauge,
+    /// Live-feed messages a slow client missed.
+    pub live_missed: IntCounter,
 }
 
 impl Metrics {
@@ -110,6 +116,9 @@ impl Metrics {
             rule_evaluation_failures: reg!(IntCounterVec::new(Opts::new("fleetwatch_rule_evaluation_failures_total", "Rule evaluations that failed (query error, wrong result type, over the group's limit), by group."), &["group"])),
             notifications: reg!(IntCounterVec::new(Opts::new("fleetwatch_notifications_total", "Alert notifications, by receiver and result (sent; failed: every attempt failed)."), &["receiver", "result"])),
             notification_attempts: reg!(IntCounterVec::new(Opts::new("fleetwatch_notification_attempts_total", "Alert notification delivery attempts, by receiver (retries included)."), &["receiver"])),
+            live_messages: reg!(IntCounterVec::new(Opts::new("fleetwatch_live_messages_total", "Messages published on the live WebSocket feed, by topic (hosts, alerts)."), &["topic"])),
+            live_clients: reg!(IntGauge::new("fleetwatch_live_clients", "WebSocket clients connected to the live feed now.")),
+            live_missed: reg!(IntCounter::new("fleetwatch_live_missed_messages_total", "Live-feed messages that slow clients missed (they are told how many).")),
             remote_write_last_sent: reg!(IntGaugeVec::new(Opts::new("fleetwatch_remote_write_last_sent_timestamp_seconds", "Newest sample timestamp the endpoint has accepted, by endpoint."), &["remote"])),
             registry,
         }

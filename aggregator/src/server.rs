@@ -179,6 +179,7 @@ pub async fn start(config: AggregatorConfig) -> anyhow::Result<RunningAggregator
     tasks.push(tokio::spawn(store_maintenance(state.clone())));
     tasks.extend(notifier.start());
     tasks.push(tokio::spawn(rule_evaluation(state.clone())));
+    tasks.push(tokio::spawn(live_hosts(state.clone())));
     for rw in &config.remote_write {
         tasks.push(tokio::spawn(crate::remote_write::run(
             state.clone(),
@@ -292,6 +293,19 @@ async fn store_maintenance(state: Arc<AppState>) {
     }
 }
 
+/// Sends the fleet's hosts to the live feed's clients every two seconds (when there are any).
+async fn live_hosts(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(crate::live::HOSTS_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if state.live.has_clients() {
+            let now = now_ms();
+            state.live.publish_hosts(&state.fleet.list(now), now);
+        }
+    }
+}
+
 /// Evaluates the rule groups that are due and decides notifications, four times a second at
 /// most, on a blocking thread (a slow query never blocks ingest or HTTP; sending is the
 /// notifier's receiver tasks').
@@ -303,7 +317,9 @@ async fn rule_evaluation(state: Arc<AppState>) {
         let _ = tokio::task::spawn_blocking(move || {
             let now = now_ms();
             st.rules.evaluate_due(&st.store, now);
-            st.notifier.process(&st.rules.alerts(), now);
+            let alerts = st.rules.alerts();
+            st.notifier.process(&alerts, now);
+            st.live.observe_alerts(&alerts, now);
         })
         .await;
     }

@@ -2,6 +2,7 @@
 
 use crate::config::AggregatorConfig;
 use crate::fleet::Fleet;
+use crate::live::LiveHub;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::rules::RuleManager;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub rules: Arc<RuleManager>,
     /// Alert notifications, silences, acknowledgements.
     pub notifier: Arc<Notifier>,
+    /// The live feed.
+    pub live: Arc<LiveHub>,
     ready: AtomicBool,
 }
 
@@ -48,7 +51,9 @@ impl AppState {
         rules: Arc<RuleManager>,
         notifier: Arc<Notifier>,
     ) -> Self {
+        let live = Arc::new(LiveHub::new(metrics.clone()));
         Self {
+            live,
             store,
             fleet,
             metrics,

@@ -268,6 +268,30 @@ impl Wal {
     /// Appends one record and returns its position. When it returns `Ok` the record is durable
     /// (fdatasynced), unless [`WalConfig::sync`] is off. Concurrent appenders share fsyncs.
     pub fn append(&self, record: &[u8]) -> Result<Lsn, WalError> {
+        let (lsn, end) = self.write_record(record)?;
+        if self.config.sync {
+            self.sync_upto(end)?;
+        }
+        Ok(lsn)
+    }
+
+    /// Appends one record without waiting for it to be durable: a later [`Wal::sync`] (or any
+    /// synced append) covers it. For many small records of which only the last must wait.
+    pub fn append_unsynced(&self, record: &[u8]) -> Result<Lsn, WalError> {
+        self.write_record(record).map(|(lsn, _)| lsn)
+    }
+
+    /// Waits until everything appended so far is durable (unless [`WalConfig::sync`] is off).
+    pub fn sync(&self) -> Result<(), WalError> {
+        let end = lock(&self.writer).written;
+        if self.config.sync {
+            self.sync_upto(end)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a record into the active segment: its position and the bytes written in all.
+    fn write_record(&self, record: &[u8]) -> Result<(Lsn, u64), WalError> {
         if record.is_empty() {
             return Err(WalError::Empty);
         }
@@ -306,10 +330,7 @@ impl Wal {
             w.written += size;
             (lsn, w.written)
         };
-        if self.config.sync {
-            self.sync_upto(end)?;
-        }
-        Ok(lsn)
+        Ok((lsn, end))
     }
 
     fn check_failed(&self) -> Result<(), WalError> {

@@ -1,6 +1,7 @@
 //! Token authentication: `Authorization: Bearer TOKEN`, or HTTP Basic with any user name and
 //! the token as the password, for tools that can only put credentials in the URL (promtool:
-//! `http://fleetwatch:TOKEN@host:4741`).
+//! `http://fleetwatch:TOKEN@host:4741`). A WebSocket upgrade may carry the token as the
+//! `access_token` query parameter instead, since browsers cannot set headers on WebSockets.
 
 use super::ApiError;
 use crate::state::AppState;
@@ -24,7 +25,10 @@ pub(super) async fn require_token(
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let Some(token) = header.and_then(presented_token) else {
+    let token = header
+        .and_then(presented_token)
+        .or_else(|| websocket_query_token(&req));
+    let Some(token) = token else {
         return ApiError::unauthorized(
             "missing token: send Authorization: Bearer <token> (or Basic auth with the token as password)",
         )
@@ -63,6 +67,22 @@ impl Role {
             Role::Viewer => Err(ApiError::forbidden("this action needs the admin token")),
         }
     }
+}
+
+/// The `access_token` query parameter of a WebSocket upgrade request.
+fn websocket_query_token(req: &Request) -> Option<String> {
+    let upgrade = req
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())?;
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return None;
+    }
+    let axum::extract::Query(pairs) =
+        axum::extract::Query::<Vec<(String, String)>>::try_from_uri(req.uri()).ok()?;
+    pairs
+        .into_iter()
+        .find_map(|(k, v)| (k == "access_token").then_some(v))
 }
 
 /// The token in an `Authorization` header value: a bearer token, or a Basic password.

@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod federate;
 mod fleet_api;
+mod live;
 mod query;
 mod rules_api;
 
@@ -65,7 +66,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/federate", get(federate::federate))
         .route("/api/fleet/hosts", get(fleet_api::list))
         .route("/api/fleet/hosts/{host}", get(fleet_api::one))
-        .route("/api/fleet/hosts/{host}/checks", get(fleet_api::checks));
+        .route("/api/fleet/hosts/{host}/checks", get(fleet_api::checks))
+        .route("/api/fleet/live", get(live::live));
     let protected = if state.config.http.metrics_public {
         protected
     } else {

@@ -7,23 +7,13 @@ use crate::notify::receivers::fingerprint;
 use crate::notify::Silence;
 use crate::rules::file::RuleKind;
 use crate::rules::lifecycle::{Alert, AlertState};
-use crate::rules::{rfc3339, GroupState, RuleHealth};
+use crate::rules::{alert_json, rfc3339, GroupState, RuleHealth};
 use crate::state::AppState;
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use fleetwatch_common::model::now_ms;
 use serde_json::{json, Value};
 use std::sync::Arc;
-
-fn alert_json(a: &Alert) -> Value {
-    json!({
-        "labels": a.labels,
-        "annotations": a.annotations,
-        "state": a.state.as_str(),
-        "activeAt": rfc3339(a.active_at_ms),
-        "value": super::query::format_value(a.value),
-    })
-}
 
 /// The fleet view of an alert: Prometheus' fields plus fingerprint, acknowledgement, muting,
 /// firing and resolution times.
@@ -239,9 +229,13 @@ pub(super) async fn acknowledge(
         .into_iter()
         .find(|a| a.state == AlertState::Firing && fingerprint(&a.labels) == fp)
         .ok_or_else(|| ApiError::not_found(format!("no firing alert with fingerprint {fp}")))?;
+    let now = now_ms();
     state
         .notifier
-        .acknowledge(&fp, &alert.labels, body.by.trim(), &body.comment, now_ms());
+        .acknowledge(&fp, &alert.labels, body.by.trim(), &body.comment, now);
+    state
+        .live
+        .alert_action("acknowledged", &alert, body.by.trim(), now);
     Ok(Json(
         json!({ "status": "success", "data": { "fingerprint": fp } }),
     ))
@@ -319,17 +313,21 @@ pub(super) async fn create_silence(
     if body.created_by.trim().is_empty() {
         return Err(ApiError::bad_data("\"createdBy\" must name who silences"));
     }
+    let matchers = body.matchers;
     let id = state
         .notifier
         .silence(Silence {
             id: String::new(),
-            matchers: body.matchers,
+            matchers: matchers.clone(),
             starts_at_ms: starts,
             ends_at_ms: ends,
             created_by: body.created_by.trim().to_string(),
             comment: body.comment,
         })
         .map_err(ApiError::bad_data)?;
+    state
+        .live
+        .silence_event("silence_created", &id, &matchers, now);
     Ok(Json(
         json!({ "status": "success", "data": { "silenceID": id } }),
     ))
@@ -342,7 +340,18 @@ pub(super) async fn expire_silence(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     role.require_admin()?;
-    if state.notifier.expire(&id, now_ms()) {
+    let now = now_ms();
+    if state.notifier.expire(&id, now) {
+        let matchers = state
+            .notifier
+            .silences()
+            .into_iter()
+            .find(|s| s.id == id)
+            .map(|s| s.matchers)
+            .unwrap_or_default();
+        state
+            .live
+            .silence_event("silence_expired", &id, &matchers, now);
         Ok(Json(json!({ "status": "success" })))
     } else {
         Err(ApiError::not_found(format!("no silence {id}")))

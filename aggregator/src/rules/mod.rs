@@ -340,12 +340,17 @@ fn evaluate_group(
                 }
             }
         }
+        // stored before the next rule runs, as Prometheus commits each rule's results: a
+        // later rule of the group sees this one's output of the same evaluation
+        if !out.is_empty() {
+            if let Err(error) = store.append_system_unsynced(std::mem::take(&mut out), now) {
+                warn!(group = %g.group.name, %error, "rule results not stored");
+            }
+        }
         health.eval_seconds = t0.elapsed().as_secs_f64();
     }
-    if !out.is_empty() {
-        if let Err(error) = store.append_system(out, now) {
-            warn!(group = %g.group.name, %error, "rule results not stored");
-        }
+    if let Err(error) = store.sync_log() {
+        warn!(group = %g.group.name, %error, "rule results not made durable");
     }
     g.last_eval_ms = now;
     g.eval_seconds = started.elapsed().as_secs_f64();
@@ -361,6 +366,17 @@ fn series(name: &str, labels: &BTreeMap<String, String>, t: i64, v: f64) -> Seri
             value: v,
         }],
     }
+}
+
+/// An alert as Prometheus' API shows it: labels, annotations, state, `activeAt`, value.
+pub fn alert_json(a: &Alert) -> serde_json::Value {
+    serde_json::json!({
+        "labels": a.labels,
+        "annotations": a.annotations,
+        "state": a.state.as_str(),
+        "activeAt": rfc3339(a.active_at_ms),
+        "value": promql::format_value(a.value),
+    })
 }
 
 /// RFC 3339 with milliseconds, UTC, as Prometheus prints times in its API.

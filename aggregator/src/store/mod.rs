@@ -61,6 +61,17 @@ impl Default for StoreConfig {
     }
 }
 
+fn system_record(metrics: Vec<SeriesSamples>, now_ms: i64) -> WalRecord {
+    let mut batch = Batch::new(fleetwatch_common::model::Lane::Metrics, now_ms);
+    batch.metrics = metrics;
+    WalRecord {
+        host: String::new(),
+        seq: 0,
+        received_ms: now_ms,
+        batch,
+    }
+}
+
 /// What the store did with a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyOutcome {
@@ -296,12 +307,15 @@ impl Storage {
             return Ok(ApplyOutcome::Duplicate);
         }
         let seq = batch.seq;
-        self.write(WalRecord {
-            host: host.to_string(),
-            seq,
-            received_ms,
-            batch,
-        })?;
+        self.write(
+            WalRecord {
+                host: host.to_string(),
+                seq,
+                received_ms,
+                batch,
+            },
+            true,
+        )?;
         applied.insert(seq);
         Ok(ApplyOutcome::Applied)
     }
@@ -312,20 +326,34 @@ impl Storage {
         metrics: Vec<SeriesSamples>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut batch = Batch::new(fleetwatch_common::model::Lane::Metrics, now_ms);
-        batch.metrics = metrics;
-        self.write(WalRecord {
-            host: String::new(),
-            seq: 0,
-            received_ms: now_ms,
-            batch,
-        })
+        self.write(system_record(metrics, now_ms), true)
     }
 
-    fn write(&self, record: WalRecord) -> Result<(), StoreError> {
+    /// Stores series the aggregator made itself at once (queryable when this returns) without
+    /// waiting for the log's fsync: [`Storage::sync_log`] makes them durable. Rule evaluation
+    /// uses it so that each rule's results are visible to the next rule of its group without
+    /// an fsync per rule.
+    pub fn append_system_unsynced(
+        &self,
+        metrics: Vec<SeriesSamples>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write(system_record(metrics, now_ms), false)
+    }
+
+    /// Waits until everything stored so far is durable in the log.
+    pub fn sync_log(&self) -> Result<(), StoreError> {
+        Ok(self.wal.sync()?)
+    }
+
+    fn write(&self, record: WalRecord, sync: bool) -> Result<(), StoreError> {
         let bytes = codec::encode_value(&record)?;
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        self.wal.append(&bytes)?;
+        if sync {
+            self.wal.append(&bytes)?;
+        } else {
+            self.wal.append_unsynced(&bytes)?;
+        }
         self.head_since
             .fetch_min(record.received_ms, Ordering::Relaxed);
         let mut head = self.head.write().unwrap_or_else(|p| p.into_inner());
