@@ -1,6 +1,7 @@
 //! The agent's configuration: one struct per component, TOML through the `config` crate, with
 //! `FLEETWATCH_AGENT__SECTION__KEY` environment overrides.
 
+use crate::sources::checks::{self, CheckConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ pub struct AgentConfig {
     pub scrape: Vec<ScrapeTarget>,
     /// The local push listener for custom metrics.
     pub push: PushConfig,
+    /// Health checks (`[[checks]]` tables).
+    pub checks: Vec<CheckConfig>,
 }
 
 impl Default for AgentConfig {
@@ -37,6 +40,7 @@ impl Default for AgentConfig {
             buffer: BufferSettings::default(),
             scrape: Vec::new(),
             push: PushConfig::default(),
+            checks: Vec::new(),
         }
     }
 }
@@ -156,9 +160,10 @@ pub struct ScrapeTarget {
     /// Seconds between scrapes.
     #[serde(default = "default_scrape_interval")]
     pub interval_seconds: f64,
-    /// Seconds a scrape may take (at most the interval).
-    #[serde(default = "default_scrape_timeout")]
-    pub timeout_seconds: f64,
+    /// Seconds a scrape may take, at most the interval; unset, 10 or the interval if shorter
+    /// (as Prometheus).
+    #[serde(default)]
+    pub timeout_seconds: Option<f64>,
     /// Labels added to every series of this target (they may override `job` and `instance`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -177,9 +182,6 @@ pub struct ScrapeTarget {
 fn default_scrape_interval() -> f64 {
     15.0
 }
-fn default_scrape_timeout() -> f64 {
-    10.0
-}
 fn default_scrape_body() -> u64 {
     64 * 1024 * 1024
 }
@@ -188,6 +190,12 @@ fn yes() -> bool {
 }
 
 impl ScrapeTarget {
+    /// The scrape timeout in seconds: `timeout_seconds`, else 10 or the interval if shorter.
+    pub fn timeout(&self) -> f64 {
+        self.timeout_seconds
+            .unwrap_or(self.interval_seconds.min(10.0))
+    }
+
     /// The name used in the agent's own metrics: `name`, else `job`.
     pub fn target_name(&self) -> &str {
         if self.name.is_empty() {
@@ -245,6 +253,9 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+    /// A health check is invalid.
+    #[error("{0}")]
+    Checks(String),
     /// A scrape target is invalid.
     #[error("scrape target {target:?}: {message}")]
     Scrape {
@@ -325,6 +336,7 @@ impl AgentConfig {
             });
         }
         self.validate_scrape()?;
+        checks::validate(&self.checks).map_err(ConfigError::Checks)?;
         if self.push.listen.parse::<SocketAddr>().is_err() {
             return Err(ConfigError::Invalid {
                 key: "push.listen",
@@ -369,16 +381,17 @@ impl AgentConfig {
             }
             for (key, v) in [
                 ("interval_seconds", t.interval_seconds),
-                ("timeout_seconds", t.timeout_seconds),
+                ("timeout_seconds", t.timeout()),
             ] {
                 if !(v.is_finite() && v > 0.0) {
                     return Err(bad(format!("{key} must be a positive number, got {v}")));
                 }
             }
-            if t.timeout_seconds > t.interval_seconds {
+            if t.timeout() > t.interval_seconds {
                 return Err(bad(format!(
                     "timeout_seconds ({}) is longer than interval_seconds ({})",
-                    t.timeout_seconds, t.interval_seconds
+                    t.timeout(),
+                    t.interval_seconds
                 )));
             }
             for name in t.labels.keys() {
@@ -457,6 +470,35 @@ mod tests {
         std::env::remove_var("FLEETWATCH_AGENT__BUFFER__CACHE_BYTES");
         assert_eq!(cfg.buffer.cache_bytes, 1_234_567);
         assert_eq!(cfg.buffer.max_age_hours, 2.0);
+    }
+
+    #[test]
+    fn scrape_and_check_tables_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(
+            &p,
+            "[[scrape]]\njob = \"node\"\nurl = \"http://127.0.0.1:9100/metrics\"\nlabels = { team = \"a\" }\n\
+             [[checks]]\nname = \"db\"\n[checks.tcp]\naddress = \"127.0.0.1:5432\"\n",
+        )
+        .unwrap();
+        let cfg = AgentConfig::load(&p).unwrap();
+        assert_eq!(cfg.scrape[0].interval_seconds, 15.0);
+        assert_eq!(cfg.scrape[0].labels["team"], "a");
+        assert_eq!(cfg.checks[0].name, "db");
+        for (text, want) in [
+            ("[[scrape]]\njob = \"a\"\nurl = \"ftp://x/\"\n", "scheme must be http"),
+            ("[[scrape]]\njob = \"a\"\nurl = \"http://x/\"\ntimeout_seconds = 20.0\n", "longer than interval"),
+            ("[[scrape]]\njob = \"a\"\nurl = \"http://x/\"\n[[scrape]]\njob = \"a\"\nurl = \"http://y/\"\n", "distinct `name`"),
+            ("[[scrape]]\njob = \"a\"\nurl = \"http://x/\"\nlabels = { \"1a\" = \"v\" }\n", "invalid label name"),
+            ("[[scrape]]\njob = \"a\"\nurl = \"http://x/\"\nintervall = 1\n", "intervall"),
+            ("[push]\nlisten = \"localhost\"\n", "push.listen"),
+            ("[[checks]]\nname = \"db\"\n", "db"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let err = AgentConfig::load(&p).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 
     #[test]

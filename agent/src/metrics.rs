@@ -50,6 +50,8 @@ pub struct AgentMetrics {
     pub push_rejections: IntCounterVec,
     /// Samples accepted by the push listener.
     pub push_samples: IntCounter,
+    /// 1 while the push listener is listening.
+    pub push_listener_up: IntGauge,
     /// Configuration reloads, by result (applied, invalid, failed).
     pub config_reloads: IntCounterVec,
 }
@@ -89,6 +91,7 @@ impl AgentMetrics {
             push_requests: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_push_requests_total", "Requests to the push listener, by format and result."), &["format", "result"])),
             push_rejections: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_push_rejected_total", "Push requests rejected, by reason."), &["reason"])),
             push_samples: reg!(IntCounter::new("fleetwatch_agent_push_samples_total", "Samples accepted by the push listener.")),
+            push_listener_up: reg!(IntGauge::new("fleetwatch_agent_push_listener_up", "1 while the push listener is listening, 0 when it is off or could not bind.")),
             config_reloads: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_config_reloads_total", "Configuration reloads (SIGHUP), by result (applied, invalid, failed)."), &["result"])),
             registry,
         }

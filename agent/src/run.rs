@@ -1,5 +1,5 @@
 //! Starting, reloading and stopping a whole agent: buffer, collector, shipper and the sources
-//! (host, scrape targets, push listener). Used by the `fleetwatch-agent` binary and by the
+//! (host, scrape targets, health checks, push listener). Used by the `fleetwatch-agent` binary and by the
 //! aggregator's `demo`.
 //!
 //! The buffer, the collector and the shipper live as long as the agent; sources come and go
@@ -10,6 +10,7 @@ use crate::collector::{self, Collected, Output};
 use crate::config::{AgentConfig, AggregatorLink, ConfigError, HostConfig, ScrapeTarget};
 use crate::metrics::AgentMetrics;
 use crate::shipper::Shipper;
+use crate::sources::checks::{self, CheckConfig, CheckOutput};
 use crate::sources::host::HostSource;
 use crate::sources::push::PushListener;
 use crate::sources::scrape;
@@ -29,6 +30,45 @@ struct ScrapeTask {
     task: JoinHandle<()>,
 }
 
+/// The running health checks: their own stop signal, the checks task and the task that
+/// forwards their output to the collector.
+struct ChecksTask {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    forward: JoinHandle<()>,
+}
+
+impl ChecksTask {
+    fn start(checks: Vec<CheckConfig>, out: Output) -> ChecksTask {
+        let (stop, stop_rx) = watch::channel(false);
+        let (tx, mut rx) = mpsc::channel::<CheckOutput>(64);
+        let task = tokio::spawn(checks::run(checks, tx, stop_rx));
+        let forward = tokio::spawn(async move {
+            while let Some(o) = rx.recv().await {
+                let collected = Collected::Checks {
+                    results: o.results,
+                    series: o.series,
+                };
+                if out.send(collected).await.is_err() {
+                    return;
+                }
+            }
+        });
+        ChecksTask {
+            stop,
+            task,
+            forward,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        // the checks' sender is gone: the forwarder delivers what is left and ends
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.forward).await;
+    }
+}
+
 /// A running agent.
 pub struct RunningAgent {
     shutdown: watch::Sender<bool>,
@@ -39,6 +79,7 @@ pub struct RunningAgent {
     link: watch::Sender<AggregatorLink>,
     scrapes: BTreeMap<String, ScrapeTask>,
     push: Option<PushListener>,
+    checks: Option<ChecksTask>,
     host_task: JoinHandle<()>,
     collector: JoinHandle<()>,
     shipper: JoinHandle<()>,
@@ -110,7 +151,8 @@ impl RunningAgent {
         result
     }
 
-    /// Applies a new configuration: scrape targets, the push listener, the host interval and
+    /// Applies a new configuration: scrape targets, health checks, the push listener, the host
+    /// interval and
     /// the aggregator link (addresses, certificate, key and CA files, which are re-read) change
     /// in place; the buffer and its data stay. `data_dir`, `buffer` and `batch` need a restart.
     pub async fn reload(&mut self, new: AgentConfig) -> Result<ReloadSummary, ReloadError> {
@@ -122,8 +164,22 @@ impl RunningAgent {
             if let Some(old) = std::mem::replace(&mut self.push, listener) {
                 old.stop().await;
             }
+            self.metrics
+                .push_listener_up
+                .set(i64::from(self.push.is_some()));
         }
         self.reload_scrapes(&new.scrape, &mut summary);
+        if self.config.checks != new.checks {
+            if let Some(old) = self.checks.take() {
+                old.stop().await;
+            }
+            if !new.checks.is_empty() {
+                self.checks = Some(ChecksTask::start(new.checks.clone(), self.out.clone()));
+            }
+            summary
+                .changes
+                .push(format!("health checks ({} configured)", new.checks.len()));
+        }
         if self.config.host != new.host {
             summary.changes.push("host collection".into());
             self.host.send_replace(new.host.clone());
@@ -159,7 +215,7 @@ impl RunningAgent {
         summary: &mut ReloadSummary,
     ) -> Result<Option<Option<PushListener>>, ReloadError> {
         let old = &self.config.push;
-        if *old == new.push {
+        if *old == new.push && (self.push.is_some() || !new.push.enabled) {
             return Ok(None);
         }
         match (&self.push, new.push.enabled) {
@@ -244,6 +300,9 @@ impl RunningAgent {
         if let Some(push) = self.push {
             push.stop().await;
         }
+        if let Some(checks) = self.checks {
+            checks.stop().await;
+        }
         let wait = |t: JoinHandle<()>| tokio::time::timeout(Duration::from_secs(10), t);
         for (_, s) in self.scrapes {
             let _ = wait(s.task).await;
@@ -277,20 +336,21 @@ pub fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     let wake = Arc::new(Notify::new());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (out, input) = mpsc::channel::<Collected>(collector::CHANNEL_CAPACITY);
+    // A listener that can not bind does not stop the agent (collection and the buffer matter
+    // more): the error is logged, `fleetwatch_agent_push_listener_up` stays 0, and the next
+    // reload tries again.
     let push = if config.push.enabled {
-        Some(
-            PushListener::start(&config.push, out.clone(), metrics.clone()).with_context(
-                || {
-                    format!(
-                        "starting the push listener on {} (push.listen; set push.enabled = false to run without it)",
-                        config.push.listen
-                    )
-                },
-            )?,
-        )
+        match PushListener::start(&config.push, out.clone(), metrics.clone()) {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                error!(listen = %config.push.listen, error = %e, "cannot start the push listener (push.listen; push.enabled = false turns it off); running without it, SIGHUP retries");
+                None
+            }
+        }
     } else {
         None
     };
+    metrics.push_listener_up.set(i64::from(push.is_some()));
     let facts = HostSource::new().facts();
     let (link, link_rx) = watch::channel(config.aggregator.clone());
     let shipper = Shipper {
@@ -315,6 +375,8 @@ pub fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         shutdown_rx.clone(),
     ));
     let shipper = tokio::spawn(shipper.run_reloadable(shutdown_rx, link_rx));
+    let checks =
+        (!config.checks.is_empty()).then(|| ChecksTask::start(config.checks.clone(), out.clone()));
     let mut agent = RunningAgent {
         shutdown,
         config: config.clone(),
@@ -323,6 +385,7 @@ pub fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         link,
         scrapes: BTreeMap::new(),
         push,
+        checks,
         host_task,
         collector,
         shipper,
@@ -332,4 +395,99 @@ pub fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     let mut summary = ReloadSummary::default();
     agent.reload_scrapes(&config.scrape, &mut summary);
     Ok(agent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> AgentConfig {
+        let mut c = AgentConfig {
+            data_dir: dir.to_path_buf(),
+            ..Default::default()
+        };
+        // nothing listens there: batches stay in the buffer
+        c.aggregator.addresses = vec!["127.0.0.1:9".into()];
+        c.push.listen = "127.0.0.1:0".into();
+        c.host.interval_seconds = 0.05;
+        c.batch.max_wait_seconds = 0.01;
+        c
+    }
+
+    #[tokio::test]
+    async fn reload_applies_sources_and_refuses_what_it_can_not_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let mut agent = start(cfg.clone()).unwrap();
+        let push = agent.push_address().unwrap();
+        while agent.buffer.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let mut next = cfg.clone();
+        next.scrape.push(ScrapeTarget {
+            job: "app".into(),
+            name: String::new(),
+            url: "http://127.0.0.1:9/metrics".into(),
+            interval_seconds: 1.0,
+            timeout_seconds: None,
+            labels: Default::default(),
+            honor_labels: false,
+            honor_timestamps: true,
+            max_body_bytes: 1024,
+        });
+        next.buffer.max_bytes *= 2;
+        let summary = agent.reload(next.clone()).await.unwrap();
+        assert_eq!(
+            summary.changes,
+            vec!["scrape target \"app\" added".to_string()]
+        );
+        assert_eq!(summary.needs_restart, vec!["buffer"]);
+        assert_eq!(
+            agent.config().buffer,
+            cfg.buffer,
+            "the running buffer settings stay"
+        );
+
+        // a taken address: refused, the running listener and targets stay
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut bad = next.clone();
+        bad.scrape.clear();
+        bad.push.listen = taken.local_addr().unwrap().to_string();
+        let err = agent.reload(bad).await.unwrap_err();
+        assert!(matches!(err, ReloadError::Apply(_)), "{err}");
+        assert_eq!(agent.push_address(), Some(push));
+        assert_eq!(agent.config().scrape.len(), 1);
+
+        // an invalid file: refused and counted
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "[host]\ninterval_seconds = 0\n").unwrap();
+        let err = agent.reload_from(&file).await.unwrap_err();
+        assert!(err.to_string().contains("host.interval_seconds"), "{err}");
+        assert_eq!(
+            agent
+                .metrics
+                .config_reloads
+                .with_label_values(&["invalid"])
+                .get(),
+            1
+        );
+
+        // removing the target and stopping the listener
+        let mut off = next.clone();
+        off.scrape.clear();
+        off.push.enabled = false;
+        let summary = agent.reload(off).await.unwrap();
+        assert!(summary
+            .changes
+            .contains(&"scrape target \"app\" removed".to_string()));
+        assert!(agent.push_address().is_none());
+        assert!(std::net::TcpStream::connect(push).is_err());
+        let buffered = agent.buffer.len();
+        assert!(
+            buffered > 0,
+            "the buffer kept its batches through every reload"
+        );
+        agent.stop().await;
+    }
 }

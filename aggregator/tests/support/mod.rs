@@ -507,3 +507,39 @@ pub fn assert_unique(times: &[i64], what: &str) {
         assert!(w[0] != w[1], "{what}: timestamp {} stored twice", w[0]);
     }
 }
+
+/// One HTTP/1.1 POST with a given Content-Type (none when empty), no token: status and body.
+pub fn http_post(
+    port: u16,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let ct = if content_type.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Type: {content_type}\r\n")
+    };
+    write!(s, "POST {path} HTTP/1.1\r\nHost: localhost\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+    // a server may answer (413) before it read the whole body
+    let _ = s.write_all(body);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Sends SIGHUP to a process (configuration reload).
+pub fn sighup(pid: u32) {
+    unsafe {
+        libc::kill(pid as i32, libc::SIGHUP);
+    }
+}

@@ -265,7 +265,7 @@ pub async fn scrape(
     client: &reqwest::Client,
     target: &ScrapeTarget,
 ) -> Result<Vec<ParsedSample>, ScrapeError> {
-    let timeout = secs(target.timeout_seconds);
+    let timeout = secs(target.timeout());
     let (format, body) = tokio::time::timeout(timeout, fetch(client, target))
         .await
         .map_err(|_| ScrapeError::Timeout(timeout))??;
@@ -283,7 +283,7 @@ async fn fetch(
 ) -> Result<(Format, String), ScrapeError> {
     let request_error = |e: reqwest::Error| {
         if e.is_timeout() {
-            ScrapeError::Timeout(secs(target.timeout_seconds))
+            ScrapeError::Timeout(secs(target.timeout()))
         } else if e.is_connect() {
             ScrapeError::Connect(error_chain(&e))
         } else {
@@ -295,7 +295,7 @@ async fn fetch(
         .header(reqwest::header::ACCEPT, parse::ACCEPT_HEADER)
         .header(
             "X-Prometheus-Scrape-Timeout-Seconds",
-            format!("{}", target.timeout_seconds),
+            format!("{}", target.timeout()),
         )
         .send()
         .await
@@ -446,7 +446,7 @@ mod tests {
             name: String::new(),
             url: url.into(),
             interval_seconds: 1.0,
-            timeout_seconds: 1.0,
+            timeout_seconds: None,
             labels: Default::default(),
             honor_labels: false,
             honor_timestamps: true,
