@@ -283,7 +283,7 @@ pub struct ReceiverConfig {
     /// Its name, used by routes.
     pub name: String,
     /// `webhook` (Alertmanager's webhook payload), `alertmanager` (its v2 API), `slack`
-    /// (incoming webhook), `pagerduty` (Events API v2).
+    /// (incoming webhook), `pagerduty` (Events API v2), `email` (SMTP).
     pub kind: String,
     /// The URL: the webhook, the Alertmanager base URL, the Slack hook, the PagerDuty events
     /// endpoint (default <https://events.pagerduty.com/v2/enqueue>).
@@ -301,6 +301,79 @@ pub struct ReceiverConfig {
     /// Seconds before one attempt is abandoned.
     #[serde(default = "ten")]
     pub timeout_seconds: f64,
+    /// Email: the SMTP server's host name (also the name its TLS certificate must carry).
+    #[serde(default)]
+    pub smtp_host: String,
+    /// Email: the SMTP port (default 587, or 465 with `implicit_tls`).
+    #[serde(default)]
+    pub smtp_port: Option<u16>,
+    /// Email: STARTTLS on a plain connection: `required` (default; no TLS, no mail),
+    /// `opportunistic` (when the server offers it) or `none`.
+    #[serde(default)]
+    pub starttls: StartTls,
+    /// Email: TLS from the first byte (SMTPS, usually port 465) instead of STARTTLS.
+    #[serde(default)]
+    pub implicit_tls: bool,
+    /// Email: CA certificates (PEM) trusted for the SMTP server besides the public roots
+    /// (for a private CA); empty for none.
+    #[serde(default)]
+    pub tls_ca_file: PathBuf,
+    /// Email: SMTP login; empty to send without authentication.
+    #[serde(default)]
+    pub username: String,
+    /// Email: the password itself (prefer `password_file` or `password_env`).
+    #[serde(default)]
+    pub password: String,
+    /// Email: a file holding the password (trailing newline ignored), read at start.
+    #[serde(default)]
+    pub password_file: PathBuf,
+    /// Email: an environment variable holding the password, read at start.
+    #[serde(default)]
+    pub password_env: String,
+    /// Email: the sender, `alerts@example.com` or `Fleet alerts <alerts@example.com>`.
+    #[serde(default)]
+    pub from: String,
+    /// Email: the recipients.
+    #[serde(default)]
+    pub to: Vec<String>,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            kind: "webhook".into(),
+            url: String::new(),
+            routing_key: String::new(),
+            send_resolved: yes(),
+            max_attempts: five(),
+            timeout_seconds: ten(),
+            smtp_host: String::new(),
+            smtp_port: None,
+            starttls: StartTls::default(),
+            implicit_tls: false,
+            tls_ca_file: PathBuf::new(),
+            username: String::new(),
+            password: String::new(),
+            password_file: PathBuf::new(),
+            password_env: String::new(),
+            from: String::new(),
+            to: Vec::new(),
+        }
+    }
+}
+
+/// When an email receiver upgrades its SMTP connection with STARTTLS.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StartTls {
+    /// Always; a server that does not offer it gets no mail.
+    #[default]
+    Required,
+    /// When the server offers it, else in clear.
+    Opportunistic,
+    /// Never (a local relay).
+    None,
 }
 
 fn yes() -> bool {
@@ -447,6 +520,21 @@ impl AggregatorConfig {
                     format!("{:?}: empty or used twice", r.name),
                 ));
             }
+            if !(r.timeout_seconds.is_finite() && r.timeout_seconds > 0.0) {
+                return Err((
+                    "alerting.receivers.timeout_seconds",
+                    format!(
+                        "receiver {:?}: must be a positive number of seconds",
+                        r.name
+                    ),
+                ));
+            }
+            if r.max_attempts == 0 {
+                return Err((
+                    "alerting.receivers.max_attempts",
+                    format!("receiver {:?}: must be at least 1", r.name),
+                ));
+            }
             match r.kind.as_str() {
                 "webhook" | "alertmanager" | "slack" => {
                     if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
@@ -458,10 +546,11 @@ impl AggregatorConfig {
                         return Err(("alerting.receivers.routing_key", format!("receiver {:?} needs a routing_key", r.name)));
                     }
                 }
+                "email" => crate::notify::email::check(r)?,
                 other => {
                     return Err((
                         "alerting.receivers.kind",
-                        format!("receiver {:?}: unknown kind {other:?} (webhook, alertmanager, slack, pagerduty)", r.name),
+                        format!("receiver {:?}: unknown kind {other:?} (webhook, alertmanager, slack, pagerduty, email)", r.name),
                     ))
                 }
             }
@@ -620,5 +709,37 @@ mod tests {
         std::fs::write(&p, "[http]\nlisen = \"1\"\n").unwrap();
         let e = AggregatorConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn email_receivers_parse_and_errors_name_the_receiver() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agg.toml");
+        let receiver = |to: &str, starttls: &str| {
+            format!(
+                "[[alerting.receivers]]\nname = \"mail\"\nkind = \"email\"\nsmtp_host = \"smtp.example.com\"\nsmtp_port = 2525\nstarttls = \"{starttls}\"\nfrom = \"alerts@example.com\"\nto = [{to}]\n"
+            )
+        };
+        std::fs::write(&p, receiver("\"ops@example.com\"", "opportunistic")).unwrap();
+        let cfg = AggregatorConfig::load(&p).unwrap();
+        let r = &cfg.alerting.receivers[0];
+        assert_eq!(r.starttls, StartTls::Opportunistic);
+        assert_eq!(r.smtp_port, Some(2525));
+        assert_eq!(r.max_attempts, 5);
+        std::fs::write(&p, receiver("\"ops@example.com\", \"nobody\"", "required")).unwrap();
+        let e = AggregatorConfig::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("agg.toml")
+                && e.contains("alerting.receivers.to")
+                && e.contains("receiver \"mail\"")
+                && e.contains("\"nobody\" is not an email address"),
+            "{e}"
+        );
+        std::fs::write(&p, receiver("", "required")).unwrap();
+        let e = AggregatorConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("needs at least one to address"), "{e}");
+        std::fs::write(&p, receiver("\"ops@example.com\"", "sometimes")).unwrap();
+        let e = AggregatorConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("sometimes"), "{e}");
     }
 }

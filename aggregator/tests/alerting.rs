@@ -522,6 +522,326 @@ fn rules_reload_on_sighup_and_through_the_api_keeping_alert_state() {
     assert_eq!(rule_count(), 1);
     assert_eq!(active_at(), first);
     // reloads are counted by result
-    assert_eq!(fleet.own_metric("fleetwatch_rule_reloads_total{result=\"ok\"}"), 2.0);
-    assert_eq!(fleet.own_metric("fleetwatch_rule_reloads_total{result=\"refused\"}"), 1.0);
+    assert_eq!(
+        fleet.own_metric("fleetwatch_rule_reloads_total{result=\"ok\"}"),
+        2.0
+    );
+    assert_eq!(
+        fleet.own_metric("fleetwatch_rule_reloads_total{result=\"refused\"}"),
+        1.0
+    );
+}
+
+/// An SMTP server (Debian's aiosmtpd) that requires STARTTLS and a login, and writes every
+/// message it accepts as JSON: envelope, whether TLS was on, the login, subject and text.
+const SMTP_SERVER: &str = r#"
+import json, os, ssl, sys, threading, time
+from email import message_from_bytes, policy
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+port, cert, key, user, password, outdir = sys.argv[1:7]
+
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        msg = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
+        rec = {
+            "mail_from": envelope.mail_from,
+            "rcpt_to": envelope.rcpt_tos,
+            "tls": session.ssl is not None,
+            "login": session.auth_data.login.decode() if session.auth_data else None,
+            "subject": str(msg["subject"]),
+            "from": str(msg["from"]),
+            "to": str(msg["to"]),
+            "body": msg.get_body(("plain",)).get_content().replace("\r\n", "\n"),
+        }
+        name = "%d" % time.time_ns()
+        tmp = os.path.join(outdir, "." + name)
+        with open(tmp, "w") as f:
+            json.dump(rec, f)
+        os.rename(tmp, os.path.join(outdir, name + ".json"))
+        return "250 OK"
+
+def authenticator(server, session, envelope, mechanism, auth_data):
+    ok = (isinstance(auth_data, LoginPassword)
+          and auth_data.login == user.encode() and auth_data.password == password.encode())
+    # handled=False: aiosmtpd answers a refused login with 535 itself
+    return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(cert, key)
+controller = Controller(Handler(), hostname="127.0.0.1", port=int(port), tls_context=ctx,
+                        require_starttls=True, auth_required=True, auth_require_tls=True,
+                        authenticator=authenticator)
+controller.start()
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+
+/// Debian's python3 with aiosmtpd, or None (a failure under FLEETWATCH_REQUIRE_PEERS=1).
+fn aiosmtpd_python() -> Option<std::path::PathBuf> {
+    let python = std::path::PathBuf::from("/usr/bin/python3");
+    let ok = Command::new(&python)
+        .args(["-c", "import aiosmtpd"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    let msg = "/usr/bin/python3 -c 'import aiosmtpd' failed: apt-get install -y python3-aiosmtpd";
+    if std::env::var("FLEETWATCH_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// The messages the SMTP server wrote, oldest first.
+fn mails(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+/// The aggregator with extra environment variables (the SMTP password).
+fn start_aggregator_with_env(fleet: &Fleet, env: &[(&str, &str)]) -> support::Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(fleet.path("aggregator.log"))
+        .unwrap();
+    let agg = support::Proc::spawn(
+        "aggregator",
+        Command::new(env!("CARGO_BIN_EXE_fleetwatch-aggregator"))
+            .args(["run", "-c"])
+            .arg(fleet.path("aggregator.toml"))
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log),
+    );
+    fleet.wait_for("the aggregator ready", Duration::from_secs(30), || {
+        fleet.http_get("/readyz").is_ok_and(|(code, _)| code == 200)
+    });
+    agg
+}
+
+fn queue_length(value: f64) -> fleetwatch_common::model::Batch {
+    use fleetwatch_common::model::*;
+    let now = now_ms();
+    let mut b = Batch::new(Lane::Metrics, now);
+    b.metrics.push(SeriesSamples {
+        series: Series::new("queue_length", [Label::new("queue", "jobs")]),
+        kind: MetricKind::Gauge,
+        samples: vec![Sample {
+            timestamp_ms: now,
+            value,
+        }],
+    });
+    b
+}
+
+fn rules_last_evaluation(fleet: &Fleet) -> String {
+    let (_, body) = fleet.http_get("/api/v1/rules").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["data"]["groups"][0]["lastEvaluation"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn email_goes_over_starttls_with_a_login_and_a_wrong_password_fails_without_stopping_rules() {
+    let Some(python) = aiosmtpd_python() else {
+        return;
+    };
+    let fleet = Fleet::new();
+    let smtp_port = support::free_tcp_port();
+    let outdir = fleet.path("mail");
+    std::fs::create_dir_all(&outdir).unwrap();
+    std::fs::write(fleet.path("smtp.py"), SMTP_SERVER).unwrap();
+    // the server's certificate comes from the fleet's own (private) CA
+    let server_cert = fleet.pki().join("servers/localhost.pem");
+    let server_key = fleet.pki().join("servers/localhost.key");
+    let mut smtp = support::Proc::spawn(
+        "aiosmtpd",
+        Command::new(&python)
+            .arg(fleet.path("smtp.py"))
+            .arg(smtp_port.to_string())
+            .arg(&server_cert)
+            .arg(&server_key)
+            .args(["alerts", "s3cret"])
+            .arg(&outdir)
+            .stdout(std::fs::File::create(fleet.path("smtp.log")).unwrap())
+            .stderr(std::fs::File::create(fleet.path("smtp-err.log")).unwrap()),
+    );
+    fleet.wait_for("the SMTP server", Duration::from_secs(30), || {
+        assert!(smtp.is_running(), "aiosmtpd exited: see smtp-err.log");
+        std::fs::read_to_string(fleet.path("smtp.log")).is_ok_and(|s| s.contains("ready"))
+    });
+
+    std::fs::write(
+        fleet.path("rules.yml"),
+        r#"groups:
+  - name: queues
+    interval: 1s
+    rules:
+      - alert: QueueBacklog
+        expr: queue_length > 500
+        labels:
+          severity: critical
+        annotations:
+          summary: "queue {{ $labels.queue }} holds {{ $value }} items"
+          runbook: "https://runbooks.example/queues"
+"#,
+    )
+    .unwrap();
+    fleet.add_aggregator_config(&format!(
+        r#"[rules]
+files = ["{rules}"]
+[alerting]
+group_wait_seconds = 0.5
+group_interval_seconds = 1.0
+repeat_interval_seconds = 3600.0
+external_url = "http://fleet.example:4741"
+[[alerting.receivers]]
+name = "mail"
+kind = "email"
+smtp_host = "localhost"
+smtp_port = {smtp_port}
+starttls = "required"
+tls_ca_file = "{ca}"
+username = "alerts"
+password_env = "FLEETWATCH_TEST_SMTP_PASSWORD"
+from = "Fleet alerts <alerts@fleet.example>"
+to = ["ops@example.com", "Oncall <oncall@example.com>"]
+[[alerting.receivers]]
+name = "badmail"
+kind = "email"
+smtp_host = "localhost"
+smtp_port = {smtp_port}
+tls_ca_file = "{ca}"
+username = "alerts"
+password = "wrong"
+from = "alerts@fleet.example"
+to = ["ops@example.com"]
+max_attempts = 3
+[[alerting.routes]]
+receiver = "mail"
+continue = true
+[[alerting.routes]]
+receiver = "badmail"
+"#,
+        rules = fleet.path("rules.yml").display(),
+        ca = fleet.pki().join("ca.pem").display(),
+    ));
+    let agg = start_aggregator_with_env(&fleet, &[("FLEETWATCH_TEST_SMTP_PASSWORD", "s3cret")]);
+
+    // the condition holds: one mail, to both recipients, over STARTTLS, logged in
+    support::ship_in_order(&fleet, "app-1", vec![queue_length(900.0)]);
+    fleet.wait_for("the firing mail", Duration::from_secs(60), || {
+        !mails(&outdir).is_empty()
+    });
+    let evaluated_at_firing = rules_last_evaluation(&fleet);
+    let firing = &mails(&outdir)[0];
+    assert_eq!(firing["tls"], true, "{firing}");
+    assert_eq!(firing["login"], "alerts");
+    assert_eq!(firing["mail_from"], "alerts@fleet.example");
+    assert_eq!(
+        firing["rcpt_to"],
+        serde_json::json!(["ops@example.com", "oncall@example.com"])
+    );
+    assert_eq!(firing["from"], "Fleet alerts <alerts@fleet.example>");
+    assert_eq!(
+        firing["subject"],
+        "[FIRING:1] QueueBacklog app-1 (jobs critical)"
+    );
+    let body = firing["body"].as_str().unwrap();
+    for line in [
+        "Firing (1):",
+        "* QueueBacklog: queue jobs holds 900 items",
+        "  Labels: alertname=QueueBacklog, host=app-1, queue=jobs, severity=critical",
+        "  runbook: https://runbooks.example/queues",
+        "Open fleetwatch: http://fleet.example:4741",
+    ] {
+        assert!(body.contains(line), "{line:?} not in:\n{body}");
+    }
+
+    // the wrong password: every attempt refused, counted, the delivery logged as failed...
+    std::thread::sleep(Duration::from_secs(20));
+    eprintln!("DEBUG {:?}", fleet.http_get("/api/fleet/notifications"));
+    eprintln!(
+        "DEBUG {}",
+        fleet
+            .http_get("/metrics")
+            .unwrap()
+            .1
+            .lines()
+            .filter(|l| l.contains("notif"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    fleet.wait_for(
+        "the wrong password's failure",
+        Duration::from_secs(60),
+        || {
+            fleet.own_metric(
+                "fleetwatch_notifications_total{receiver=\"badmail\",result=\"failed\"}",
+            ) == 1.0
+        },
+    );
+    assert_eq!(
+        fleet.own_metric("fleetwatch_notification_attempts_total{receiver=\"badmail\"}"),
+        3.0
+    );
+    let (_, log) = fleet.http_get("/api/fleet/notifications").unwrap();
+    assert!(
+        log.contains("\"receiver\":\"badmail\"") && log.contains("535"),
+        "{log}"
+    );
+    // ...while the rules went on being evaluated
+    let (_, rules) = fleet.http_get("/api/v1/rules").unwrap();
+    assert!(rules.contains("\"health\":\"ok\""), "{rules}");
+    assert!(rules_last_evaluation(&fleet) > evaluated_at_firing);
+    assert_eq!(
+        fleet.own_metric("fleetwatch_rule_evaluation_failures_total"),
+        0.0
+    );
+
+    // the condition clears: one resolved mail, and nothing else
+    support::ship_in_order(&fleet, "app-1", vec![queue_length(10.0)]);
+    fleet.wait_for("the resolved mail", Duration::from_secs(60), || {
+        mails(&outdir).len() >= 2
+    });
+    let resolved = &mails(&outdir)[1];
+    assert_eq!(
+        resolved["subject"],
+        "[RESOLVED] QueueBacklog app-1 (jobs critical)"
+    );
+    let body = resolved["body"].as_str().unwrap();
+    assert!(body.contains("Resolved (1):\n* QueueBacklog"), "{body}");
+    assert!(body.contains("  Resolved: "), "{body}");
+    fleet.wait_for(
+        "the resolution's failure at badmail",
+        Duration::from_secs(60),
+        || {
+            fleet.own_metric(
+                "fleetwatch_notifications_total{receiver=\"badmail\",result=\"failed\"}",
+            ) == 2.0
+        },
+    );
+    assert_eq!(mails(&outdir).len(), 2, "one mail per change");
+    assert_eq!(
+        fleet.own_metric("fleetwatch_notifications_total{receiver=\"mail\",result=\"sent\"}"),
+        2.0
+    );
+    agg.stop();
 }

@@ -4,11 +4,14 @@
 //! `group_interval`), and repeated after `repeat_interval` while it fires — unless every firing
 //! alert in it is acknowledged. Resolutions are notified once.
 //!
-//! Sending happens on one task per receiver with retries and backoff, so a slow or dead
-//! receiver never delays rule evaluation. What was notified (the notification log) is saved
+//! Sending happens on one task per receiver with retries and backoff (`deliver.rs`; HTTP
+//! payloads in `receivers.rs`, SMTP in `email.rs`), so a slow or dead receiver never delays
+//! rule evaluation. What was notified (the notification log) is saved
 //! with the silences and acknowledgements in `DATA/alerting/state.json` before anything is
 //! sent, so a restart repeats nothing.
 
+mod deliver;
+pub mod email;
 pub mod matcher;
 pub mod receivers;
 
@@ -21,7 +24,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -211,7 +213,7 @@ impl Notifier {
         for r in &self.config.receivers {
             let (tx, rx) = mpsc::unbounded_channel();
             queues.insert(r.name.clone(), tx);
-            tasks.push(tokio::spawn(deliver(self.clone(), r.clone(), rx)));
+            tasks.push(tokio::spawn(deliver::deliver(self.clone(), r.clone(), rx)));
         }
         tasks
     }
@@ -591,90 +593,6 @@ fn save(path: &std::path::Path, state: &Saved) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Sends a receiver's notifications in order, each with retries and backoff.
-async fn deliver(
-    n: std::sync::Arc<Notifier>,
-    r: ReceiverConfig,
-    mut rx: mpsc::UnboundedReceiver<Notification>,
-) {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs_f64(r.timeout_seconds))
-        .user_agent(concat!("fleetwatch-aggregator/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
-        Ok(c) => c,
-        Err(error) => {
-            warn!(receiver = %r.name, %error, "receiver disabled: no HTTP client");
-            return;
-        }
-    };
-    while let Some(note) = rx.recv().await {
-        let mut attempts = 0;
-        let mut error = String::new();
-        let mut backoff = Duration::from_secs(1);
-        let mut pending = receivers::requests(&r, &note);
-        while !pending.is_empty() && attempts < r.max_attempts.max(1) {
-            attempts += 1;
-            n.metrics
-                .notification_attempts
-                .with_label_values(&[r.name.as_str()])
-                .inc();
-            let mut left = Vec::new();
-            for (url, body) in pending {
-                let request = client
-                    .post(&url)
-                    .header("Content-Type", "application/json")
-                    .body(body.to_string());
-                match request.send().await {
-                    Ok(resp) if resp.status().is_success() => {}
-                    Ok(resp) => {
-                        error = format!("HTTP {}", resp.status());
-                        // a 4xx other than 429 will not get better
-                        if resp.status().is_client_error() && resp.status().as_u16() != 429 {
-                            attempts = r.max_attempts;
-                        }
-                        left.push((url, body));
-                    }
-                    Err(e) => {
-                        error = e.to_string();
-                        left.push((url, body));
-                    }
-                }
-            }
-            pending = left;
-            if !pending.is_empty() && attempts < r.max_attempts {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-        }
-        let result = if pending.is_empty() { "sent" } else { "failed" };
-        n.metrics
-            .notifications
-            .with_label_values(&[r.name.as_str(), result])
-            .inc();
-        if result == "failed" {
-            warn!(receiver = %r.name, group = %note.group_key, %error, attempts, "notification failed");
-        }
-        let mut d = n.deliveries.lock().unwrap_or_else(|p| p.into_inner());
-        d.push_back(Delivery {
-            receiver: r.name.clone(),
-            group_key: note.group_key.clone(),
-            alerts: note.alerts.len(),
-            at_ms: note.at_ms,
-            result: result.into(),
-            attempts,
-            error: if pending.is_empty() {
-                String::new()
-            } else {
-                error
-            },
-        });
-        while d.len() > DELIVERIES_MAX {
-            d.pop_front();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -708,10 +626,9 @@ mod tests {
                 name: "hook".into(),
                 kind: "webhook".into(),
                 url: "http://127.0.0.1:1/".into(),
-                routing_key: String::new(),
-                send_resolved: true,
                 max_attempts: 1,
                 timeout_seconds: 1.0,
+                ..Default::default()
             }],
             ..Default::default()
         };

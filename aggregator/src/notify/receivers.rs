@@ -1,6 +1,7 @@
-//! What each kind of receiver is sent: Alertmanager's webhook payload (version 4), its v2
+//! What each kind of HTTP receiver is sent: Alertmanager's webhook payload (version 4), its v2
 //! `POST /api/v2/alerts`, a Slack incoming-webhook message, PagerDuty Events v2 (one trigger or
-//! resolve per alert, deduplicated by the alert's fingerprint).
+//! resolve per alert, deduplicated by the alert's fingerprint); and the title that Slack and
+//! email share.
 
 use crate::config::ReceiverConfig;
 use crate::rules::lifecycle::{Alert, AlertState};
@@ -117,24 +118,38 @@ pub fn alertmanager_payload(n: &Notification) -> Value {
     )
 }
 
-/// A Slack message: one line per alert under a status header.
-pub fn slack_payload(n: &Notification) -> Value {
+/// Alertmanager's default title (email subject, Slack header): `[FIRING:2] HostDown web-1
+/// (critical)` — the status with the number firing, the grouping labels' values, then the
+/// values of the other labels all the alerts share.
+pub fn title(n: &Notification) -> String {
     let firing = n
         .alerts
         .iter()
         .filter(|a| a.state != AlertState::Inactive)
         .count();
-    let resolved = n.alerts.len() - firing;
-    let name = n
-        .group_labels
-        .get("alertname")
-        .cloned()
-        .unwrap_or_else(|| "alerts".into());
-    let mut text = if firing > 0 {
-        format!("[FIRING:{firing}] {name}")
+    let mut t = if firing > 0 {
+        format!("[FIRING:{firing}]")
     } else {
-        format!("[RESOLVED:{resolved}] {name}")
+        "[RESOLVED]".to_string()
     };
+    for v in n.group_labels.values() {
+        t.push(' ');
+        t.push_str(v);
+    }
+    let rest: Vec<String> = common(n.alerts.iter().map(|a| &a.labels))
+        .into_iter()
+        .filter(|(k, _)| !n.group_labels.contains_key(k))
+        .map(|(_, v)| v)
+        .collect();
+    if !rest.is_empty() {
+        t.push_str(&format!(" ({})", rest.join(" ")));
+    }
+    t
+}
+
+/// A Slack message: one line per alert under the title.
+pub fn slack_payload(n: &Notification) -> Value {
+    let mut text = title(n);
     for a in &n.alerts {
         let summary = a
             .annotations
