@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod http;
 pub mod ingest;
 pub mod live;
+pub mod logstore;
 pub mod metrics;
 pub mod notify;
 pub mod promql;

@@ -72,6 +72,20 @@ pub struct Metrics {
     pub live_clients: IntGauge,
     /// Live-feed messages a slow client missed.
     pub live_missed: IntCounter,
+    /// Log records stored since start.
+    pub logstore_records: IntCounter,
+    /// Log segment files.
+    pub logstore_segments: IntGauge,
+    /// Bytes of log segment files.
+    pub logstore_bytes: IntGauge,
+    /// Log records buffered in memory (durable in the write-ahead log).
+    pub logstore_buffered_records: IntGauge,
+    /// Log segments removed by retention, by reason (time, size).
+    pub logstore_removed_segments: IntCounterVec,
+    /// Log segments or chunks that could not be read.
+    pub logstore_read_errors: IntCounter,
+    /// Log segment or state writes that failed (retried).
+    pub logstore_write_errors: IntCounter,
 }
 
 impl Metrics {
@@ -116,9 +130,16 @@ impl Metrics {
             rule_evaluation_failures: reg!(IntCounterVec::new(Opts::new("fleetwatch_rule_evaluation_failures_total", "Rule evaluations that failed (query error, wrong result type, over the group's limit), by group."), &["group"])),
             notifications: reg!(IntCounterVec::new(Opts::new("fleetwatch_notifications_total", "Alert notifications, by receiver and result (sent; failed: every attempt failed)."), &["receiver", "result"])),
             notification_attempts: reg!(IntCounterVec::new(Opts::new("fleetwatch_notification_attempts_total", "Alert notification delivery attempts, by receiver (retries included)."), &["receiver"])),
-            live_messages: reg!(IntCounterVec::new(Opts::new("fleetwatch_live_messages_total", "Messages published on the live WebSocket feed, by topic (hosts, alerts)."), &["topic"])),
+            live_messages: reg!(IntCounterVec::new(Opts::new("fleetwatch_live_messages_total", "Messages published on the live WebSocket feed, by topic (hosts, alerts, logs)."), &["topic"])),
             live_clients: reg!(IntGauge::new("fleetwatch_live_clients", "WebSocket clients connected to the live feed now.")),
             live_missed: reg!(IntCounter::new("fleetwatch_live_missed_messages_total", "Live-feed messages that slow clients missed (they are told how many).")),
+            logstore_records: reg!(IntCounter::new("fleetwatch_logstore_records_total", "Log records stored, since start.")),
+            logstore_segments: reg!(IntGauge::new("fleetwatch_logstore_segments", "Log segment files.")),
+            logstore_bytes: reg!(IntGauge::new("fleetwatch_logstore_bytes", "Bytes of log segment files on disk.")),
+            logstore_buffered_records: reg!(IntGauge::new("fleetwatch_logstore_buffered_records", "Log records buffered in memory before compression (durable in the write-ahead log).")),
+            logstore_removed_segments: reg!(IntCounterVec::new(Opts::new("fleetwatch_logstore_removed_segments_total", "Log segments removed by retention, by reason (time, size)."), &["reason"])),
+            logstore_read_errors: reg!(IntCounter::new("fleetwatch_logstore_read_errors_total", "Log segments or chunks that could not be read (left out of queries; damaged segments set aside at start).")),
+            logstore_write_errors: reg!(IntCounter::new("fleetwatch_logstore_write_errors_total", "Log segment or state writes that failed (records stay buffered and in the write-ahead log; retried).")),
             remote_write_last_sent: reg!(IntGaugeVec::new(Opts::new("fleetwatch_remote_write_last_sent_timestamp_seconds", "Newest sample timestamp the endpoint has accepted, by endpoint."), &["remote"])),
             registry,
         }

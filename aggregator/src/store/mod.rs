@@ -72,6 +72,26 @@ fn system_record(metrics: Vec<SeriesSamples>, now_ms: i64) -> WalRecord {
     }
 }
 
+/// Where the log records of stored batches go (the log store). The store hands them over once
+/// they are durable in its log, hands them over again when it replays the log at start, and
+/// lets the sink persist them before it removes log segments.
+pub trait LogSink: Send + Sync {
+    /// A batch's log records, durable in the log (`replayed`: read back at start).
+    fn append(
+        &self,
+        host: &str,
+        seq: u64,
+        logs: &[fleetwatch_common::model::LogRecord],
+        replayed: bool,
+    );
+    /// The log was cut (under the write gate): later records are in the new part.
+    fn log_cut(&self);
+    /// Make every record from before the cut durable on its own side.
+    fn persist(&self) -> Result<(), String>;
+    /// The log before the cut is removed.
+    fn log_removed(&self);
+}
+
 /// What the store did with a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyOutcome {
@@ -96,6 +116,9 @@ pub enum StoreError {
     /// A block could not be written, read or removed.
     #[error("block: {0}")]
     Block(String),
+    /// The log store could not persist its records (the log is kept).
+    #[error("log store: {0}")]
+    Logs(String),
 }
 
 /// One log record: an applied batch from an agent, or series the aggregator made (`seq` 0).
@@ -148,6 +171,7 @@ pub struct Storage {
     evictions: AtomicU64,
     checkpoint: PathBuf,
     config: StoreConfig,
+    logs: Option<Arc<dyn LogSink>>,
 }
 
 const LIMITS: FrameLimits = FrameLimits {
@@ -209,6 +233,15 @@ impl Storage {
     /// Opens the store in `dir`: its blocks, then the log after the last flush replayed into
     /// the head. Returns the store and the log records replayed into the head.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<(Self, u64), StoreError> {
+        Self::open_with_logs(dir, config, None)
+    }
+
+    /// [`Self::open`], handing every batch's log records to `logs` (replayed ones too).
+    pub fn open_with_logs(
+        dir: &Path,
+        config: StoreConfig,
+        logs: Option<Arc<dyn LogSink>>,
+    ) -> Result<(Self, u64), StoreError> {
         let checkpoint = dir.join("applied.json");
         let mut applied: AppliedMap = match std::fs::read(&checkpoint) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -237,6 +270,9 @@ impl Storage {
                 Ok(rec) => {
                     if rec.seq != 0 {
                         applied.entry(rec.host.clone()).or_default().insert(rec.seq);
+                    }
+                    if let Some(sink) = &logs {
+                        sink.append(&rec.host, rec.seq, &rec.batch.logs, true);
                     }
                     if lsn < flushed {
                         return; // already in blocks
@@ -283,6 +319,7 @@ impl Storage {
             evictions: AtomicU64::new(0),
             checkpoint,
             config,
+            logs,
         };
         Ok((store, replayed))
     }
@@ -353,6 +390,10 @@ impl Storage {
             self.wal.append(&bytes)?;
         } else {
             self.wal.append_unsynced(&bytes)?;
+        }
+        if let Some(sink) = &self.logs {
+            let r = &record;
+            sink.append(&r.host, r.seq, &r.batch.logs, false);
         }
         self.head_since
             .fetch_min(record.received_ms, Ordering::Relaxed);
@@ -606,6 +647,9 @@ impl Storage {
             let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
             // a new segment from here, so that the whole log before it goes once flushed
             let cut = self.wal.cut()?;
+            if let Some(sink) = &self.logs {
+                sink.log_cut();
+            }
             let old = std::mem::take(&mut *self.head.write().unwrap_or_else(|p| p.into_inner()));
             self.head_since.store(i64::MAX, Ordering::Relaxed);
             let old = Arc::new(old);
@@ -636,6 +680,9 @@ impl Storage {
                 .push(Arc::new(b));
         }
         *self.flushing.write().unwrap_or_else(|p| p.into_inner()) = None;
+        if let Some(sink) = &self.logs {
+            sink.persist().map_err(StoreError::Logs)?;
+        }
         // the deduplication state of the records about to go, then the flush point, then them
         self.write_checkpoint()?;
         write_atomic(
@@ -644,6 +691,9 @@ impl Storage {
         )
         .map_err(|e| StoreError::Checkpoint(self.dir.join("flushed"), e))?;
         let removed = self.wal.remove_before(cut)?;
+        if let Some(sink) = &self.logs {
+            sink.log_removed();
+        }
         info!(
             blocks = written,
             samples = old.sample_count(),
