@@ -26,6 +26,8 @@ pub struct AggregatorConfig {
     pub rules: RulesConfig,
     /// Where alerts are sent.
     pub alerting: AlertingConfig,
+    /// The log store.
+    pub logs: crate::logstore::LogStoreConfig,
 }
 
 impl Default for AggregatorConfig {
@@ -40,6 +42,7 @@ impl Default for AggregatorConfig {
             remote_write: Vec::new(),
             rules: RulesConfig::default(),
             alerting: AlertingConfig::default(),
+            logs: crate::logstore::LogStoreConfig::default(),
         }
     }
 }
@@ -638,6 +641,7 @@ impl AggregatorConfig {
             ));
         }
         self.validate_alerting()?;
+        self.logs.validate()?;
         let mut names = std::collections::BTreeSet::new();
         for rw in &self.remote_write {
             if rw.name.is_empty()
