@@ -7,6 +7,7 @@ use super::ApiError;
 use crate::promql::{self, Labels, QueryValue, Settings};
 use crate::state::AppState;
 use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use fleetwatch_common::model::{now_ms, MetricKind};
 use promql_parser::label::Matcher;
@@ -33,7 +34,7 @@ pub(crate) fn parse_time(s: &str) -> Result<i64, ApiError> {
     parse_time_named(s, "time")
 }
 
-fn parse_time_named(s: &str, name: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_time_named(s: &str, name: &str) -> Result<i64, ApiError> {
     if let Ok(secs) = s.parse::<f64>() {
         if secs.is_finite() {
             return Ok((secs * 1000.0).round() as i64);
@@ -47,7 +48,7 @@ fn parse_time_named(s: &str, name: &str) -> Result<i64, ApiError> {
 }
 
 /// Parses a duration parameter: float seconds or a Prometheus duration such as `1m30s`.
-fn parse_duration(s: &str, name: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_duration(s: &str, name: &str) -> Result<i64, ApiError> {
     let bad = || {
         ApiError::bad_data(format!(
             "invalid parameter \"{name}\": cannot parse {s:?} to a valid duration"
@@ -127,39 +128,87 @@ fn labels_json(labels: &Labels) -> Value {
     Value::Object(m)
 }
 
-fn point(ts_ms: i64, v: f64) -> Value {
-    json!([ts_ms as f64 / 1000.0, format_value(v)])
+/// Appends `s` as a JSON string.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    // writing into a Vec cannot fail
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
-/// A query result as Prometheus' `data` object.
-fn data_json(value: QueryValue) -> Value {
+fn push_labels(out: &mut Vec<u8>, labels: &Labels) {
+    out.push(b'{');
+    for (i, l) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_str(out, &l.name);
+        out.push(b':');
+        push_str(out, &l.value);
+    }
+    out.push(b'}');
+}
+
+/// `[seconds, "value"]`, as Prometheus writes a sample.
+fn push_point(out: &mut Vec<u8>, ts_ms: i64, v: f64) {
+    out.push(b'[');
+    let _ = serde_json::to_writer(&mut *out, &(ts_ms as f64 / 1000.0));
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(format_value(v).as_bytes());
+    out.extend_from_slice(b"\"]");
+}
+
+/// A query result as Prometheus' `data` object, written straight to JSON text: a range query
+/// over a thousand series has hundreds of thousands of points, and building a `Value` per
+/// point cost more than evaluating the query.
+fn data_json(value: QueryValue) -> Vec<u8> {
+    let mut out = Vec::new();
     match value {
-        QueryValue::Scalar { t, v } => json!({ "resultType": "scalar", "result": point(t, v) }),
+        QueryValue::Scalar { t, v } => {
+            out.extend_from_slice(br#"{"resultType":"scalar","result":"#);
+            push_point(&mut out, t, v);
+        }
         QueryValue::String { t, v } => {
-            json!({ "resultType": "string", "result": [t as f64 / 1000.0, v] })
+            out.extend_from_slice(br#"{"resultType":"string","result":["#);
+            let _ = serde_json::to_writer(&mut out, &(t as f64 / 1000.0));
+            out.push(b',');
+            push_str(&mut out, &v);
+            out.push(b']');
         }
         QueryValue::Vector { t, elems } => {
-            let result: Vec<Value> = elems
-                .iter()
-                .map(|(l, v)| json!({ "metric": labels_json(l), "value": point(t, *v) }))
-                .collect();
-            json!({ "resultType": "vector", "result": result })
+            out.extend_from_slice(br#"{"resultType":"vector","result":["#);
+            for (i, (l, v)) in elems.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(br#"{"metric":"#);
+                push_labels(&mut out, l);
+                out.extend_from_slice(br#","value":"#);
+                push_point(&mut out, t, *v);
+                out.push(b'}');
+            }
+            out.push(b']');
         }
         QueryValue::Matrix(series) => {
-            let result: Vec<Value> = series
-                .iter()
-                .map(|s| {
-                    let values: Vec<Value> = s
-                        .samples
-                        .iter()
-                        .map(|p| point(p.timestamp_ms, p.value))
-                        .collect();
-                    json!({ "metric": labels_json(&s.labels), "values": values })
-                })
-                .collect();
-            json!({ "resultType": "matrix", "result": result })
+            out.extend_from_slice(br#"{"resultType":"matrix","result":["#);
+            for (i, s) in series.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(br#"{"metric":"#);
+                push_labels(&mut out, &s.labels);
+                out.extend_from_slice(br#","values":["#);
+                for (j, p) in s.samples.iter().enumerate() {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    push_point(&mut out, p.timestamp_ms, p.value);
+                }
+                out.extend_from_slice(b"]}");
+            }
+            out.push(b']');
         }
     }
+    out.push(b'}');
+    out
 }
 
 fn settings() -> Settings {
@@ -189,8 +238,21 @@ fn success(data: Value) -> Json<Value> {
     Json(json!({ "status": "success", "data": data }))
 }
 
+/// Prometheus' success envelope around a `data` object already in JSON.
+fn success_raw(data: Vec<u8>) -> Response {
+    let mut body = Vec::with_capacity(data.len() + 32);
+    body.extend_from_slice(br#"{"status":"success","data":"#);
+    body.extend_from_slice(&data);
+    body.push(b'}');
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 /// Evaluates `query` at `eval_ms` into Prometheus' `data` object.
-pub(crate) fn evaluate(state: &AppState, query: &str, eval_ms: i64) -> Result<Value, ApiError> {
+pub(crate) fn evaluate(state: &AppState, query: &str, eval_ms: i64) -> Result<Vec<u8>, ApiError> {
     Ok(data_json(promql::instant(
         state.store.as_ref(),
         settings(),
@@ -199,7 +261,7 @@ pub(crate) fn evaluate(state: &AppState, query: &str, eval_ms: i64) -> Result<Va
     )?))
 }
 
-async fn run_instant(state: Arc<AppState>, params: Params) -> Result<Json<Value>, ApiError> {
+async fn run_instant(state: Arc<AppState>, params: Params) -> Result<Response, ApiError> {
     let query = required_query(&params)?;
     let eval_ms = match param(&params, "time") {
         Some(t) => parse_time(t)?,
@@ -207,10 +269,10 @@ async fn run_instant(state: Arc<AppState>, params: Params) -> Result<Json<Value>
     };
     blocking(move || evaluate(&state, &query, eval_ms))
         .await
-        .map(success)
+        .map(success_raw)
 }
 
-async fn run_range(state: Arc<AppState>, params: Params) -> Result<Json<Value>, ApiError> {
+async fn run_range(state: Arc<AppState>, params: Params) -> Result<Response, ApiError> {
     let query = required_query(&params)?;
     let start = parse_time_named(
         param(&params, "start")
@@ -238,14 +300,14 @@ async fn run_range(state: Arc<AppState>, params: Params) -> Result<Json<Value>, 
         )?))
     })
     .await
-    .map(success)
+    .map(success_raw)
 }
 
 /// `GET /api/v1/query`.
 pub(super) async fn instant(
     State(state): State<Arc<AppState>>,
     Query(params): Query<Params>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     run_instant(state, params).await
 }
 
@@ -253,7 +315,7 @@ pub(super) async fn instant(
 pub(super) async fn instant_form(
     State(state): State<Arc<AppState>>,
     Form(params): Form<Params>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     run_instant(state, params).await
 }
 
@@ -261,7 +323,7 @@ pub(super) async fn instant_form(
 pub(super) async fn range(
     State(state): State<Arc<AppState>>,
     Query(params): Query<Params>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     run_range(state, params).await
 }
 
@@ -269,7 +331,7 @@ pub(super) async fn range(
 pub(super) async fn range_form(
     State(state): State<Arc<AppState>>,
     Form(params): Form<Params>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     run_range(state, params).await
 }
 

@@ -625,6 +625,7 @@ impl Storage {
                     samples: 0,
                     bytes: 0,
                     source_seq: raw.meta.seq,
+                    format: block::FORMAT,
                 };
                 let b = block::write(&self.dir.join("blocks"), meta, series)
                     .map_err(StoreError::Block)?;
@@ -719,6 +720,7 @@ impl Storage {
             samples: 0,
             bytes: 0,
             source_seq: 0,
+            format: block::FORMAT,
         };
         block::write(&self.dir.join("blocks"), meta, series).map_err(StoreError::Block)
     }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! blocks/SEQ-MINT-MAXT/
-//!   chunks      Gorilla chunks back to back
+//!   chunks      chunks back to back: each a tag byte, then scaled-integer or Gorilla
+//!               samples (`chunk::encode_block_chunk`); blocks of format 0 hold bare Gorilla
 //!   index       the series, their types and chunk references (fleetwatch codec frame)
 //!   meta.json   window, resolution, counts
 //! ```
@@ -12,8 +13,8 @@
 //! same window may overlap (a backlog flushed after live data); a read merges them, the higher
 //! sequence number winning on equal timestamps, and compaction later merges them into one.
 
-use super::chunk::{ChunkIter, ChunkWriter};
-use super::head::{matches, CHUNK_SAMPLES};
+use super::chunk::{decode_block_chunk, encode_block_chunk, ChunkIter};
+use super::head::matches;
 use fleetwatch_common::codec::{self, FrameLimits};
 use fleetwatch_common::model::{MetricKind, Sample, Series};
 use promql_parser::label::Matcher;
@@ -43,7 +44,18 @@ pub struct BlockMeta {
     /// For a rollup block: the sequence number of the raw block it was computed from.
     #[serde(default)]
     pub source_seq: u64,
+    /// How chunks are encoded: 0, bare Gorilla (blocks written before format 1); 1, a tag byte
+    /// per chunk (scaled integers or Gorilla).
+    #[serde(default)]
+    pub format: u32,
 }
+
+/// Most samples in one chunk of a block: blocks are read whole windows at a time, and a
+/// chunk's first sample costs a dozen bytes, so they are larger than the head's.
+const BLOCK_CHUNK_SAMPLES: usize = 1024;
+
+/// The format new blocks are written in.
+pub const FORMAT: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ChunkRef {
@@ -114,22 +126,18 @@ pub fn write(
             continue;
         }
         let mut refs = Vec::new();
-        for part in points.chunks(CHUNK_SAMPLES as usize) {
-            let mut w = ChunkWriter::default();
-            for p in part {
-                w.append(p.timestamp_ms, p.value);
-            }
-            chunks
-                .write_all(w.bytes())
-                .map_err(|e| io(&chunks_path, e))?;
+        for part in points.chunks(BLOCK_CHUNK_SAMPLES) {
+            let pairs: Vec<(i64, f64)> = part.iter().map(|p| (p.timestamp_ms, p.value)).collect();
+            let bytes = encode_block_chunk(&pairs);
+            chunks.write_all(&bytes).map_err(|e| io(&chunks_path, e))?;
             refs.push(ChunkRef {
-                mint: w.first_t(),
-                maxt: w.last_t(),
+                mint: pairs[0].0,
+                maxt: pairs[pairs.len() - 1].0,
                 offset,
-                len: w.bytes().len() as u32,
-                count: w.count(),
+                len: bytes.len() as u32,
+                count: pairs.len() as u32,
             });
-            offset += w.bytes().len() as u64;
+            offset += bytes.len() as u64;
         }
         samples += points.len() as u64;
         index.series.push(BlockSeries {
@@ -147,6 +155,7 @@ pub fn write(
     let index_bytes =
         codec::encode_value(&index).map_err(|e| format!("{}: {e}", index_path.display()))?;
     write_synced(&index_path, &index_bytes)?;
+    meta.format = FORMAT;
     meta.series = index.series.len();
     meta.samples = samples;
     meta.bytes = offset + index_bytes.len() as u64;
@@ -234,14 +243,23 @@ impl Block {
                 self.chunks
                     .read_exact_at(&mut buf, c.offset)
                     .map_err(|e| io(&self.dir.join("chunks"), e))?;
-                samples.extend(
-                    ChunkIter::new(&buf, c.count)
-                        .filter(|(t, _)| *t >= start && *t <= end)
-                        .map(|(t, v)| Sample {
-                            timestamp_ms: t,
-                            value: v,
-                        }),
-                );
+                let keep = |&(t, _): &(i64, f64)| t >= start && t <= end;
+                let sample = |(t, v)| Sample {
+                    timestamp_ms: t,
+                    value: v,
+                };
+                if self.meta.format == 0 {
+                    samples.extend(ChunkIter::new(&buf, c.count).filter(keep).map(sample));
+                } else {
+                    let decoded = decode_block_chunk(&buf, c.count).map_err(|e| {
+                        format!(
+                            "{}: chunk at {}: {e}",
+                            self.dir.join("chunks").display(),
+                            c.offset
+                        )
+                    })?;
+                    samples.extend(decoded.into_iter().filter(keep).map(sample));
+                }
             }
             if !samples.is_empty() {
                 out.push((s.series.clone(), s.kind, samples));
