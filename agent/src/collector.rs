@@ -21,6 +21,9 @@ pub struct Batcher {
     max_items: usize,
     max_wait: Duration,
     current: Option<(Instant, Batch)>,
+    /// Items in `current`, kept as they are added (counting the batch each time would be
+    /// quadratic in its size).
+    items: usize,
 }
 
 impl Batcher {
@@ -30,6 +33,7 @@ impl Batcher {
             max_items: max_items.max(1),
             max_wait,
             current: None,
+            items: 0,
         }
     }
 
@@ -37,7 +41,9 @@ impl Batcher {
     pub fn add_metrics(&mut self, series: Vec<SeriesSamples>, now: Instant) -> Vec<Batch> {
         let mut sealed = Vec::new();
         for ss in series {
+            let n = ss.samples.len();
             self.current_batch(now).metrics.push(ss);
+            self.items += n;
             self.seal_if_full(&mut sealed);
         }
         sealed
@@ -48,12 +54,16 @@ impl Batcher {
         let mut sealed = Vec::new();
         for r in results {
             self.current_batch(now).checks.push(r);
+            self.items += 1;
             self.seal_if_full(&mut sealed);
         }
         sealed
     }
 
     fn current_batch(&mut self, now: Instant) -> &mut Batch {
+        if self.current.is_none() {
+            self.items = 0;
+        }
         &mut self
             .current
             .get_or_insert_with(|| (now, Batch::new(Lane::Metrics, now_ms())))
@@ -61,11 +71,7 @@ impl Batcher {
     }
 
     fn seal_if_full(&mut self, sealed: &mut Vec<Batch>) {
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|(_, b)| b.item_count() >= self.max_items)
-        {
+        if self.current.is_some() && self.items >= self.max_items {
             if let Some((_, b)) = self.current.take() {
                 sealed.push(b);
             }
