@@ -156,6 +156,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         "  agent:        {} (this host), shipping over QUIC to {}",
         setup.agent_name, aggregator.quic_addr
     );
+    match agent.push_address() {
+        Some(push) => println!(
+            "  push:         http://{push}/v1/metrics (custom metrics from local programs)"
+        ),
+        None => println!("  push:         not listening (its address is taken; see the log)"),
+    }
     println!();
     println!(
         "  curl -H \"Authorization: Bearer $(cat {})\" '{base}/api/v1/query?query=up'",
