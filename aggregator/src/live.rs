@@ -2,7 +2,9 @@
 //! every connected client (WebSocket, `http/live.rs`) the fleet's hosts every two seconds and
 //! alert events as they happen: state changes seen by the rule evaluation, acknowledgements and
 //! silences. Messages go through a bounded broadcast channel, encoded once: a slow client misses
-//! messages (and is told how many), it never slows the hub or the rule evaluation.
+//! messages (and is told how many), it never slows the hub or the rule evaluation. New log
+//! records (the `logs` topic) come from the log store's own bounded channel and are filtered per
+//! client (`http/live.rs`).
 
 use crate::fleet::HostView;
 use crate::metrics::Metrics;
@@ -27,6 +29,8 @@ pub enum Topic {
     Hosts,
     /// Alert state changes, acknowledgements, silences.
     Alerts,
+    /// New log records matching the client's filter.
+    Logs,
 }
 
 impl Topic {
@@ -35,6 +39,7 @@ impl Topic {
         match self {
             Topic::Hosts => "hosts",
             Topic::Alerts => "alerts",
+            Topic::Logs => "logs",
         }
     }
 
@@ -43,12 +48,16 @@ impl Topic {
         match name {
             "hosts" => Some(Topic::Hosts),
             "alerts" => Some(Topic::Alerts),
+            "logs" => Some(Topic::Logs),
             _ => None,
         }
     }
 
     /// Every topic.
-    pub const ALL: [Topic; 2] = [Topic::Hosts, Topic::Alerts];
+    pub const ALL: [Topic; 3] = [Topic::Hosts, Topic::Alerts, Topic::Logs];
+
+    /// The topics of a client that names none (logs only when asked for, with a filter).
+    pub const DEFAULT: [Topic; 2] = [Topic::Hosts, Topic::Alerts];
 }
 
 /// One message, already encoded as JSON text.

@@ -1,5 +1,6 @@
 //! Starting a whole aggregator: store replay, fleet state, the QUIC listener, the HTTP API and
-//! the background tasks (the `up` series, retention, revocation list reloads, fleet flushes).
+//! the background tasks (the `up` series, retention, revocation list reloads, fleet flushes,
+//! the log store's retention and log-derived series).
 
 use crate::config::AggregatorConfig;
 use crate::fleet::Fleet;
@@ -79,10 +80,18 @@ pub async fn start(config: AggregatorConfig) -> anyhow::Result<RunningAggregator
         .with_context(|| format!("creating {}", store_dir.display()))?;
     let store_config = config.store.store_config();
     let dir = store_dir.clone();
-    let (store, replayed) = tokio::task::spawn_blocking(move || Storage::open(&dir, store_config))
-        .await
-        .context("store task")?
-        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    let logs_dir = config.data_dir.join("logs");
+    let logs = Arc::new(
+        crate::logstore::LogStore::open(&logs_dir, config.logs.clone(), metrics.clone())
+            .with_context(|| format!("opening the log store in {}", logs_dir.display()))?,
+    );
+    let sink: Arc<dyn crate::store::LogSink> = logs.clone();
+    let (store, replayed) = tokio::task::spawn_blocking(move || {
+        Storage::open_with_logs(&dir, store_config, Some(sink))
+    })
+    .await
+    .context("store task")?
+    .with_context(|| format!("opening the store in {}", store_dir.display()))?;
     info!(records = replayed, "store open");
     let fleet = Fleet::open(
         &config.data_dir.join("fleet"),
@@ -156,6 +165,7 @@ pub async fn start(config: AggregatorConfig) -> anyhow::Result<RunningAggregator
         tokens,
         Arc::new(rules),
         notifier.clone(),
+        logs,
     ));
     let connections = Arc::new(Connections::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -180,6 +190,7 @@ pub async fn start(config: AggregatorConfig) -> anyhow::Result<RunningAggregator
     tasks.extend(notifier.start());
     tasks.push(tokio::spawn(rule_evaluation(state.clone())));
     tasks.push(tokio::spawn(live_hosts(state.clone())));
+    tasks.push(tokio::spawn(log_maintenance(state.clone())));
     for rw in &config.remote_write {
         tasks.push(tokio::spawn(crate::remote_write::run(
             state.clone(),
@@ -290,6 +301,45 @@ async fn store_maintenance(state: Arc<AppState>) {
             state.metrics.store_errors.inc();
             warn!(%error, "store maintenance failed");
         }
+    }
+}
+
+/// Every 10 s: the log-derived `fleetwatch_log_records_total` series into the store, log
+/// retention, and the log store's gauges.
+async fn log_maintenance(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let st = state.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            let series = st.logs.records_series(now);
+            let appended = if series.is_empty() {
+                Ok(())
+            } else {
+                st.store.append_system(series, now)
+            };
+            (appended, st.logs.retention(now.saturating_mul(1_000_000)))
+        })
+        .await;
+        if let Ok((appended, retention)) = result {
+            if let Err(error) = appended {
+                state.metrics.store_errors.inc();
+                warn!(%error, "log-derived series not stored");
+            }
+            if let Err(error) = retention {
+                state.metrics.logstore_write_errors.inc();
+                warn!(%error, "log retention failed; retried in 10 s");
+            }
+        }
+        let s = state.logs.stats();
+        state.metrics.logstore_segments.set(s.segments as i64);
+        state.metrics.logstore_bytes.set(s.bytes as i64);
+        state
+            .metrics
+            .logstore_buffered_records
+            .set(s.buffered_records as i64);
     }
 }
 

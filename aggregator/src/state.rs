@@ -3,6 +3,7 @@
 use crate::config::AggregatorConfig;
 use crate::fleet::Fleet;
 use crate::live::LiveHub;
+use crate::logstore::LogStore;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::rules::RuleManager;
@@ -37,11 +38,14 @@ pub struct AppState {
     pub notifier: Arc<Notifier>,
     /// The live feed.
     pub live: Arc<LiveHub>,
+    /// The log store (also reached by the store, which hands it every batch's records).
+    pub logs: Arc<LogStore>,
     ready: AtomicBool,
 }
 
 impl AppState {
     /// New state, not yet ready.
+    #[allow(clippy::too_many_arguments)] // one handle per shared part
     pub fn new(
         store: Arc<Storage>,
         fleet: Arc<Fleet>,
@@ -50,6 +54,7 @@ impl AppState {
         tokens: Tokens,
         rules: Arc<RuleManager>,
         notifier: Arc<Notifier>,
+        logs: Arc<LogStore>,
     ) -> Self {
         let live = Arc::new(LiveHub::new(metrics.clone()));
         Self {
@@ -61,6 +66,7 @@ impl AppState {
             tokens,
             rules,
             notifier,
+            logs,
             ready: AtomicBool::new(false),
         }
     }

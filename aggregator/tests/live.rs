@@ -135,7 +135,7 @@ fn live_feed_sends_hosts_and_alert_events() {
         ("", 401),
         ("?access_token=nope", 401),
         (
-            &format!("?access_token={TOKEN}&topics=hosts,logs") as &str,
+            &format!("?access_token={TOKEN}&topics=hosts,weather") as &str,
             400,
         ),
     ] {

@@ -1,10 +1,15 @@
 //! `GET /api/fleet/live`: the live feed over WebSocket. The client gets a snapshot of what it
 //! subscribed to, then the hub's messages (`crate::live`); it may change its topics by sending
 //! `{"subscribe": ["hosts", "alerts"]}`. A client that falls behind is told how many messages it
-//! missed; one that stops reading for [`SEND_TIMEOUT`] is disconnected.
+//! missed; one that stops reading for [`SEND_TIMEOUT`] is disconnected. The `logs` topic sends
+//! new log records that pass the client's filter (the log API's filter parameters, in the URL
+//! or as `"logs": {...}` beside `"subscribe"`), one message per applied batch.
 
+use super::logs_api::{parse_filter, record_json};
 use super::ApiError;
 use crate::live::{self, LiveMessage, Topic};
+use crate::logstore::query::LogFilter;
+use crate::logstore::TailBatch;
 use crate::state::AppState;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -14,7 +19,7 @@ use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 
 /// Longest a client may take to take one message.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,7 +39,7 @@ fn parse_topics<'a>(names: impl Iterator<Item = &'a str>) -> Result<HashSet<Topi
             }
             None => {
                 return Err(format!(
-                    "unknown topic {name:?}: the topics are hosts and alerts"
+                    "unknown topic {name:?}: the topics are hosts, alerts and logs"
                 ))
             }
         }
@@ -42,7 +47,8 @@ fn parse_topics<'a>(names: impl Iterator<Item = &'a str>) -> Result<HashSet<Topi
     Ok(topics)
 }
 
-/// The upgrade: `?topics=hosts,alerts` (default: all).
+/// The upgrade: `?topics=hosts,alerts,logs` (default: hosts and alerts), with the log filter's
+/// parameters when `logs` is among them.
 pub(super) async fn live(
     State(state): State<Arc<AppState>>,
     Query(params): Query<Vec<(String, String)>>,
@@ -50,11 +56,37 @@ pub(super) async fn live(
 ) -> Result<Response, ApiError> {
     let topics = match params.iter().find(|(k, _)| k == "topics") {
         Some((_, v)) => parse_topics(v.split(',')).map_err(ApiError::bad_data)?,
-        None => Topic::ALL.into_iter().collect(),
+        None => Topic::DEFAULT.into_iter().collect(),
+    };
+    let filter = if topics.contains(&Topic::Logs) {
+        parse_filter(&params, &["topics", "access_token"]).map_err(ApiError::bad_data)?
+    } else {
+        LogFilter::default()
     };
     Ok(ws
         .max_message_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| serve(socket, state, topics)))
+        .on_upgrade(move |socket| serve(socket, state, topics, filter)))
+}
+
+type LogReceiver = broadcast::Receiver<Arc<TailBatch>>;
+
+/// The next batch of new log records, or never without a logs subscription.
+async fn next_logs(rx: &mut Option<LogReceiver>) -> Result<Arc<TailBatch>, RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The `logs` message of the records of `batch` that `filter` wants (none: nothing to send).
+fn logs_message(batch: &TailBatch, filter: &LogFilter) -> Option<String> {
+    let records: Vec<Value> = batch
+        .records
+        .iter()
+        .filter(|f| filter.stream_matches(&f.stream) && filter.record_matches(&f.record))
+        .map(record_json)
+        .collect();
+    (!records.is_empty()).then(|| json!({ "type": "logs", "records": records }).to_string())
 }
 
 /// Counts a connected client while it lives.
@@ -84,11 +116,19 @@ fn snapshot(state: &AppState, topics: &HashSet<Topic>) -> String {
     live::snapshot(hosts.as_deref(), alerts.as_deref(), now)
 }
 
-async fn serve(mut socket: WebSocket, state: Arc<AppState>, mut topics: HashSet<Topic>) {
+async fn serve(
+    mut socket: WebSocket,
+    state: Arc<AppState>,
+    mut topics: HashSet<Topic>,
+    mut filter: LogFilter,
+) {
     state.metrics.live_clients.inc();
     let _guard = ClientGuard(state.clone());
     // subscribe before the snapshot so that nothing between the two is missed
     let mut rx = state.live.subscribe();
+    let mut logs_rx = topics
+        .contains(&Topic::Logs)
+        .then(|| state.logs.subscribe());
     if !send(&mut socket, &snapshot(&state, &topics)).await {
         return;
     }
@@ -111,11 +151,34 @@ async fn serve(mut socket: WebSocket, state: Arc<AppState>, mut topics: HashSet<
                 }
                 Err(RecvError::Closed) => return,
             },
+            batch = next_logs(&mut logs_rx) => match batch {
+                Ok(batch) => {
+                    if let Some(text) = logs_message(&batch, &filter) {
+                        if !send(&mut socket, &text).await {
+                            return;
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    state.metrics.live_missed.inc_by(missed);
+                    let note = json!({ "type": "lagged", "topic": "logs", "missed": missed }).to_string();
+                    if !send(&mut socket, &note).await {
+                        return;
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            },
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     let reply = match subscription(&text) {
-                        Ok(new) => {
+                        Ok((new, new_filter)) => {
                             topics = new;
+                            filter = new_filter;
+                            if !topics.contains(&Topic::Logs) {
+                                logs_rx = None;
+                            } else if logs_rx.is_none() {
+                                logs_rx = Some(state.logs.subscribe());
+                            }
                             let mut names: Vec<&str> = topics.iter().map(|t| t.as_str()).collect();
                             names.sort_unstable();
                             json!({ "type": "subscribed", "topics": names }).to_string()
@@ -139,8 +202,9 @@ async fn serve(mut socket: WebSocket, state: Arc<AppState>, mut topics: HashSet<
     }
 }
 
-/// A client's `{"subscribe": [...]}`.
-fn subscription(text: &str) -> Result<HashSet<Topic>, String> {
+/// A client's `{"subscribe": [...], "logs": {"selector": "...", "contains": ["..."], ...}}`:
+/// its topics and its log filter (each filter parameter a string or a list of strings).
+fn subscription(text: &str) -> Result<(HashSet<Topic>, LogFilter), String> {
     let v: Value =
         serde_json::from_str(text).map_err(|e| format!("a message must be JSON: {e}"))?;
     let list = v
@@ -151,7 +215,28 @@ fn subscription(text: &str) -> Result<HashSet<Topic>, String> {
         .iter()
         .map(|n| n.as_str().ok_or("topics are strings"))
         .collect::<Result<Vec<_>, _>>()?;
-    parse_topics(names.into_iter())
+    let topics = parse_topics(names.into_iter())?;
+    let mut params = Vec::new();
+    match v.get("logs") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (k, val) in map {
+                let values = match val {
+                    Value::String(s) => vec![s.clone()],
+                    Value::Array(a) => a
+                        .iter()
+                        .map(|x| x.as_str().map(str::to_string))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or(format!("logs.{k}: values are strings"))?,
+                    _ => return Err(format!("logs.{k}: a string or a list of strings")),
+                };
+                params.extend(values.into_iter().map(|s| (k.clone(), s)));
+            }
+        }
+        Some(_) => return Err("\"logs\" is an object of filter parameters".into()),
+    }
+    let filter = parse_filter(&params, &[])?;
+    Ok((topics, filter))
 }
 
 #[cfg(test)]
@@ -161,12 +246,23 @@ mod tests {
     #[test]
     fn subscriptions_name_their_topics_and_refuse_unknown_ones() {
         assert_eq!(
-            subscription(r#"{"subscribe":["alerts"]}"#).unwrap(),
+            subscription(r#"{"subscribe":["alerts"]}"#).unwrap().0,
             HashSet::from([Topic::Alerts])
         );
-        assert!(subscription(r#"{"subscribe":["logs"]}"#)
+        assert!(subscription(r#"{"subscribe":["weather"]}"#)
             .unwrap_err()
-            .contains("unknown topic \"logs\""));
+            .contains("unknown topic \"weather\""));
+        let (topics, filter) = subscription(
+            r#"{"subscribe":["logs"],"logs":{"selector":"{host=\"a\"}","contains":["x","y"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(topics, HashSet::from([Topic::Logs]));
+        assert_eq!(filter.contains.len(), 2);
+        assert!(
+            subscription(r#"{"subscribe":["logs"],"logs":{"min_level":"loud"}}"#)
+                .unwrap_err()
+                .contains("min_level")
+        );
         assert!(subscription("hello").unwrap_err().contains("JSON"));
         assert!(subscription(r#"{"subscribe":[1]}"#).is_err());
     }

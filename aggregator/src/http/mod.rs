@@ -1,12 +1,13 @@
-//! The HTTP API: the Prometheus-compatible query API and federation, the fleet API, health and
-//! the aggregator's own metrics. Bearer tokens on everything but `/healthz`, `/readyz` and (if
-//! configured) `/metrics`.
+//! The HTTP API: the Prometheus-compatible query API and federation, the fleet API, the log
+//! API, health and the aggregator's own metrics. Bearer tokens on everything but `/healthz`,
+//! `/readyz` and (if configured) `/metrics`.
 
 mod auth;
 mod error;
 mod federate;
 mod fleet_api;
 mod live;
+mod logs_api;
 mod query;
 mod rules_api;
 
@@ -67,7 +68,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/fleet/hosts", get(fleet_api::list))
         .route("/api/fleet/hosts/{host}", get(fleet_api::one))
         .route("/api/fleet/hosts/{host}/checks", get(fleet_api::checks))
-        .route("/api/fleet/live", get(live::live));
+        .route("/api/fleet/live", get(live::live))
+        .route("/api/logs/query", get(logs_api::query))
+        .route("/api/logs/counts", get(logs_api::counts))
+        .route("/api/logs/labels", get(logs_api::labels))
+        .route("/api/logs/label/{name}/values", get(logs_api::label_values));
     let protected = if state.config.http.metrics_public {
         protected
     } else {
