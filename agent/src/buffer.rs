@@ -6,6 +6,11 @@
 //! as the entry. A push returns once sled has flushed (fsync), so a batch "in the buffer"
 //! survives `kill -9`. Bounds: bytes (oldest dropped first) and age; every drop is counted and
 //! logged. sled stays behind this type so it can be measured and replaced in one place.
+//!
+//! Sources that read from a position (log files, the journal) keep it in a third tree,
+//! `checkpoints`, written in the same transaction as the batch holding the records up to that
+//! position ([`Buffer::push_with_checkpoints`]): after a crash the buffer holds either both the
+//! records and the position past them, or neither.
 
 use fleetwatch_common::model::Lane;
 use fleetwatch_common::protocol::PendingBatches;
@@ -99,6 +104,7 @@ pub struct Buffer {
     db: sled::Db,
     data: sled::Tree,
     meta: sled::Tree,
+    checkpoints: sled::Tree,
     config: BufferConfig,
     bytes: AtomicU64,
     count: AtomicU64,
@@ -157,11 +163,13 @@ impl Buffer {
         let db = open_sled(path, config.cache_bytes).map_err(err)?;
         let data = db.open_tree("batches").map_err(err)?;
         let meta = db.open_tree("meta").map_err(err)?;
+        let checkpoints = db.open_tree("checkpoints").map_err(err)?;
         let buffer = Buffer {
             path: path.to_path_buf(),
             db,
             data,
             meta,
+            checkpoints,
             config,
             bytes: AtomicU64::new(0),
             count: AtomicU64::new(0),
@@ -214,6 +222,18 @@ impl Buffer {
         created_ms: i64,
         encode: impl FnOnce(u64) -> Result<Vec<u8>, E>,
     ) -> Result<(u64, Dropped), BufferError> {
+        self.push_with_checkpoints(lane, created_ms, &[], encode)
+    }
+
+    /// [`Buffer::push`], writing `checkpoints` (key, new value or `None` to remove) in the same
+    /// transaction as the batch.
+    pub fn push_with_checkpoints<E: std::fmt::Display>(
+        &self,
+        lane: Lane,
+        created_ms: i64,
+        checkpoints: &[(Vec<u8>, Option<Vec<u8>>)],
+        encode: impl FnOnce(u64) -> Result<Vec<u8>, E>,
+    ) -> Result<(u64, Dropped), BufferError> {
         let _guard = self.push_lock.lock().unwrap_or_else(|p| p.into_inner());
         let seq = self.next_seq()?;
         let frame = encode(seq).map_err(|e| BufferError::Encode(seq, e.to_string()))?;
@@ -227,10 +247,16 @@ impl Buffer {
         }
         let key = seq.to_be_bytes();
         let next = (seq + 1).to_be_bytes();
-        (&self.data, &self.meta)
-            .transaction(|(data, meta)| {
+        (&self.data, &self.meta, &self.checkpoints)
+            .transaction(|(data, meta, cps)| {
                 data.insert(&key, value.as_slice())?;
                 meta.insert(NEXT_SEQ_KEY, &next)?;
+                for (k, v) in checkpoints {
+                    match v {
+                        Some(v) => cps.insert(k.as_slice(), v.as_slice())?,
+                        None => cps.remove(k.as_slice())?,
+                    };
+                }
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(|e| match e {
@@ -279,6 +305,46 @@ impl Buffer {
                 "buffer dropped its oldest batches (counted in fleetwatch_agent_buffer_dropped_batches_total)"
             );
         }
+    }
+
+    /// Writes checkpoint changes without a batch (a position that moved past records that were
+    /// dropped on purpose, or a new file's starting point), durably.
+    pub fn save_checkpoints(
+        &self,
+        checkpoints: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<(), BufferError> {
+        self.checkpoints
+            .transaction(|cps| {
+                for (k, v) in checkpoints {
+                    match v {
+                        Some(v) => cps.insert(k.as_slice(), v.as_slice())?,
+                        None => cps.remove(k.as_slice())?,
+                    };
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => self.err(e),
+                TransactionError::Abort(()) => {
+                    self.err(sled::Error::Unsupported("transaction aborted".into()))
+                }
+            })?;
+        self.db.flush().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A saved checkpoint.
+    pub fn checkpoint(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BufferError> {
+        Ok(self
+            .checkpoints
+            .get(key)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// The number of saved checkpoints.
+    pub fn checkpoint_count(&self) -> usize {
+        self.checkpoints.len()
     }
 
     /// The entry `seq`, if still buffered.
@@ -480,6 +546,34 @@ mod tests {
         assert_eq!(b.stats().corrupt_entries_total, 1);
         assert_eq!(b.len(), 1);
         assert_eq!(b.get(1).unwrap().unwrap().frame, b"ok");
+    }
+
+    #[test]
+    fn checkpoints_are_written_with_their_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b");
+        {
+            let b = Buffer::open(&p, cfg(1 << 20)).unwrap();
+            let cps = vec![(b"f1".to_vec(), Some(b"100".to_vec()))];
+            b.push_with_checkpoints(Lane::Logs, 0, &cps, |_| {
+                Ok::<_, String>(b"records".to_vec())
+            })
+            .unwrap();
+            // a failed encode writes neither the batch nor the checkpoint
+            let moved = vec![(b"f1".to_vec(), Some(b"200".to_vec()))];
+            assert!(b
+                .push_with_checkpoints(Lane::Logs, 0, &moved, |_| Err::<Vec<u8>, _>("no"))
+                .is_err());
+            b.save_checkpoints(&[(b"f2".to_vec(), Some(b"7".to_vec()))])
+                .unwrap();
+        }
+        let b = Buffer::open(&p, cfg(1 << 20)).unwrap();
+        assert_eq!(b.checkpoint(b"f1").unwrap().as_deref(), Some(&b"100"[..]));
+        assert_eq!(b.checkpoint(b"f2").unwrap().as_deref(), Some(&b"7"[..]));
+        assert_eq!(b.len(), 1);
+        b.save_checkpoints(&[(b"f2".to_vec(), None)]).unwrap();
+        assert_eq!(b.checkpoint(b"f2").unwrap(), None);
+        assert_eq!(b.checkpoint_count(), 1);
     }
 
     #[derive(Debug, Clone)]

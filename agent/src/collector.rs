@@ -1,14 +1,19 @@
 //! The collector: sources run as tasks and send what they collect over one channel; the
 //! collector gathers it into batches (sealed by size or by age) and writes each batch durably
 //! to the buffer, waking the shipper. The host source's loop lives here too.
+//!
+//! Log records go into their own batches (lane `Logs`), each carrying the checkpoints of the
+//! records it holds ("file F read to X"), written in the same buffer transaction: the position
+//! of a source never gets ahead of, or behind, the records in the buffer.
 
 use crate::buffer::Buffer;
 use crate::config::{secs, BatchConfig, HostConfig};
 use crate::metrics::AgentMetrics;
 use crate::sources::host::HostSource;
 use fleetwatch_common::codec;
-use fleetwatch_common::model::{now_ms, Batch, CheckResult, Lane, SeriesSamples};
+use fleetwatch_common::model::{now_ms, Batch, CheckResult, Lane, LogRecord, SeriesSamples};
 use fleetwatch_common::protocol::Message;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
@@ -96,19 +101,168 @@ impl Batcher {
     }
 }
 
+/// Bytes of log messages and fields in one batch at most (well under the frame limits).
+pub const MAX_LOG_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// Checkpoint changes: key to new value (`None` removes), the latest per key.
+pub type Checkpoints = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// A sealed log batch and the checkpoints to write with it; `batch` is `None` for checkpoints
+/// that cover no new record (all earlier records are already in the buffer).
+#[derive(Debug)]
+pub struct SealedLogs {
+    /// The records.
+    pub batch: Option<Batch>,
+    /// The positions they reach.
+    pub checkpoints: Checkpoints,
+}
+
+/// Gathers log records into `Logs` batches, sealed by count, bytes or age, each with the
+/// checkpoints handed in with its records.
+#[derive(Debug)]
+pub struct LogBatcher {
+    max_items: usize,
+    max_wait: Duration,
+    current: Option<(Instant, Batch, Checkpoints)>,
+    bytes: usize,
+}
+
+fn record_bytes(r: &LogRecord) -> usize {
+    64 + r.message.len()
+        + r.source.len()
+        + r.fields
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>()
+}
+
+impl LogBatcher {
+    /// A batcher with the given bounds.
+    pub fn new(max_items: usize, max_wait: Duration) -> Self {
+        Self {
+            max_items: max_items.max(1),
+            max_wait,
+            current: None,
+            bytes: 0,
+        }
+    }
+
+    /// Adds records and the checkpoints that cover them; returns what must be written now.
+    pub fn add(
+        &mut self,
+        records: Vec<LogRecord>,
+        checkpoints: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        now: Instant,
+    ) -> Vec<SealedLogs> {
+        let mut sealed = Vec::new();
+        for r in records {
+            let size = record_bytes(&r);
+            if self.current.is_some() && self.bytes + size > MAX_LOG_BATCH_BYTES {
+                sealed.extend(self.take_due(now, true));
+            }
+            let (_, batch, _) = self
+                .current
+                .get_or_insert_with(|| (now, Batch::new(Lane::Logs, now_ms()), Checkpoints::new()));
+            if batch.logs.is_empty() {
+                self.bytes = 0;
+            }
+            batch.logs.push(r);
+            self.bytes += size;
+            if batch.logs.len() >= self.max_items {
+                sealed.extend(self.take_due(now, true));
+            }
+        }
+        if checkpoints.is_empty() {
+            return sealed;
+        }
+        // The checkpoints go with the batch holding the last of these records: the current
+        // one, else the one just sealed, else (no records) on their own.
+        let target = match (&mut self.current, sealed.last_mut()) {
+            (Some((_, _, cps)), _) => cps,
+            (None, Some(last)) => &mut last.checkpoints,
+            (None, None) => {
+                sealed.push(SealedLogs {
+                    batch: None,
+                    checkpoints: Checkpoints::new(),
+                });
+                &mut sealed.last_mut().expect("just pushed").checkpoints
+            }
+        };
+        target.extend(checkpoints);
+        sealed
+    }
+
+    /// The current batch, if it waited long enough (or `force`).
+    pub fn take_due(&mut self, now: Instant, force: bool) -> Option<SealedLogs> {
+        match &self.current {
+            Some((since, _, _)) if force || now.duration_since(*since) >= self.max_wait => {
+                self.bytes = 0;
+                self.current
+                    .take()
+                    .map(|(_, batch, checkpoints)| SealedLogs {
+                        batch: Some(batch),
+                        checkpoints,
+                    })
+            }
+            _ => None,
+        }
+    }
+
+    /// When the current batch falls due.
+    pub fn due_at(&self) -> Option<Instant> {
+        self.current
+            .as_ref()
+            .map(|(since, _, _)| *since + self.max_wait)
+    }
+}
+
 /// Writes a sealed batch to the buffer (durably) and wakes the shipper.
 pub async fn store_batch(
     buffer: &Arc<Buffer>,
     metrics: &AgentMetrics,
     wake: &Notify,
+    batch: Batch,
+) {
+    store(buffer, metrics, wake, batch, Vec::new()).await
+}
+
+/// Writes sealed log records with their checkpoints in one buffer transaction (or the
+/// checkpoints alone).
+pub async fn store_logs(
+    buffer: &Arc<Buffer>,
+    metrics: &AgentMetrics,
+    wake: &Notify,
+    sealed: SealedLogs,
+) {
+    let checkpoints: Vec<_> = sealed.checkpoints.into_iter().collect();
+    match sealed.batch {
+        Some(batch) => store(buffer, metrics, wake, batch, checkpoints).await,
+        None => {
+            let buf = buffer.clone();
+            match tokio::task::spawn_blocking(move || buf.save_checkpoints(&checkpoints)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    warn!(%error, "could not save log positions; records may be read again after a restart")
+                }
+                Err(error) => warn!(%error, "buffer task failed"),
+            }
+        }
+    }
+}
+
+async fn store(
+    buffer: &Arc<Buffer>,
+    metrics: &AgentMetrics,
+    wake: &Notify,
     mut batch: Batch,
+    checkpoints: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 ) {
     let lane = batch.lane;
     let created_ms = now_ms();
     batch.created_ms = created_ms;
     let buf = buffer.clone();
     let result = tokio::task::spawn_blocking(move || {
-        buf.push(lane, created_ms, |seq| {
+        buf.push_with_checkpoints(lane, created_ms, &checkpoints, |seq| {
             batch.seq = seq;
             codec::encode(&Message::Batch(batch))
         })
@@ -149,6 +303,16 @@ pub enum Collected {
         /// The series made from them, shipped in `Batch::metrics`.
         series: Vec<SeriesSamples>,
     },
+    /// Log records and the source positions they reach.
+    Logs {
+        /// The records, shipped in `Batch::logs` (lane `Logs`).
+        records: Vec<LogRecord>,
+        /// Checkpoint changes written with the batch holding the last of `records`.
+        checkpoints: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    },
+    /// Seal and write everything gathered so far, then answer (before log sources restart,
+    /// so that they read their latest positions from the buffer).
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The sending side every source holds.
@@ -168,9 +332,11 @@ pub async fn run(
     mut input: mpsc::Receiver<Collected>,
 ) {
     let mut batcher = Batcher::new(batch.max_items, secs(batch.max_wait_seconds));
+    let mut logs = LogBatcher::new(batch.max_items, secs(batch.max_wait_seconds));
     let mut expire = tokio::time::interval(Duration::from_secs(60));
     loop {
         let due = batcher.due_at();
+        let logs_due = logs.due_at();
         tokio::select! {
             received = input.recv() => {
                 let sealed = match received {
@@ -180,9 +346,28 @@ pub async fn run(
                         sealed.extend(batcher.add_metrics(series, Instant::now()));
                         sealed
                     }
+                    Some(Collected::Logs { records, checkpoints }) => {
+                        for s in logs.add(records, checkpoints, Instant::now()) {
+                            store_logs(&buffer, &metrics, &wake, s).await;
+                        }
+                        Vec::new()
+                    }
+                    Some(Collected::Flush(done)) => {
+                        if let Some(batch) = batcher.take_due(Instant::now(), true) {
+                            store_batch(&buffer, &metrics, &wake, batch).await;
+                        }
+                        if let Some(s) = logs.take_due(Instant::now(), true) {
+                            store_logs(&buffer, &metrics, &wake, s).await;
+                        }
+                        let _ = done.send(());
+                        Vec::new()
+                    }
                     None => {
                         if let Some(batch) = batcher.take_due(Instant::now(), true) {
                             store_batch(&buffer, &metrics, &wake, batch).await;
+                        }
+                        if let Some(s) = logs.take_due(Instant::now(), true) {
+                            store_logs(&buffer, &metrics, &wake, s).await;
                         }
                         return;
                     }
@@ -194,6 +379,11 @@ pub async fn run(
             _ = sleep_until(due) => {
                 if let Some(batch) = batcher.take_due(Instant::now(), false) {
                     store_batch(&buffer, &metrics, &wake, batch).await;
+                }
+            }
+            _ = sleep_until(logs_due) => {
+                if let Some(s) = logs.take_due(Instant::now(), false) {
+                    store_logs(&buffer, &metrics, &wake, s).await;
                 }
             }
             _ = expire.tick() => {
@@ -297,6 +487,54 @@ mod tests {
         assert!(b.take_due(t0, false).is_none());
         assert!(b.take_due(t0 + Duration::from_millis(150), false).is_some());
         assert!(b.due_at().is_none());
+    }
+
+    fn rec(m: &str) -> LogRecord {
+        LogRecord {
+            timestamp_ns: 1,
+            source: "s".into(),
+            level: fleetwatch_common::model::LogLevel::Info,
+            message: m.into(),
+            fields: Vec::new(),
+        }
+    }
+
+    fn cp(k: &str, v: &str) -> (Vec<u8>, Option<Vec<u8>>) {
+        (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn log_checkpoints_travel_with_the_batch_of_their_last_record() {
+        let mut b = LogBatcher::new(3, Duration::from_secs(60));
+        let now = Instant::now();
+        // 2 records: batch not full, the checkpoint waits with it
+        assert!(b
+            .add(vec![rec("a"), rec("b")], vec![cp("f", "2")], now)
+            .is_empty());
+        // 2 more: the first fills the batch (sealed with the earlier checkpoint), the second
+        // starts a new one that takes the new checkpoint
+        let sealed = b.add(vec![rec("c"), rec("d")], vec![cp("f", "4")], now);
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(sealed[0].batch.as_ref().unwrap().logs.len(), 3);
+        assert_eq!(sealed[0].checkpoints[&b"f".to_vec()], Some(b"2".to_vec()));
+        let last = b.take_due(now, true).unwrap();
+        assert_eq!(last.batch.as_ref().unwrap().lane, Lane::Logs);
+        assert_eq!(last.checkpoints[&b"f".to_vec()], Some(b"4".to_vec()));
+        // exactly filling a batch: the checkpoint goes with the sealed batch
+        let sealed = b.add(vec![rec("e"), rec("f"), rec("g")], vec![cp("f", "7")], now);
+        assert_eq!(sealed[0].checkpoints[&b"f".to_vec()], Some(b"7".to_vec()));
+        // no records, nothing pending: the checkpoint alone
+        let sealed = b.add(vec![], vec![cp("g", "1")], now);
+        assert!(sealed[0].batch.is_none());
+        assert!(b.due_at().is_none());
+        // a batch is sealed by bytes too
+        let big = "x".repeat(MAX_LOG_BATCH_BYTES / 2);
+        let mut b = LogBatcher::new(1000, Duration::from_secs(60));
+        let sealed = b.add(vec![rec(&big), rec(&big), rec(&big)], vec![], now);
+        assert_eq!(sealed.len(), 2);
+        assert!(sealed
+            .iter()
+            .all(|s| s.batch.as_ref().unwrap().logs.len() == 1));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `FLEETWATCH_AGENT__SECTION__KEY` environment overrides.
 
 use crate::sources::checks::{self, CheckConfig};
+use crate::sources::logs::config::LogsConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ pub struct AgentConfig {
     pub push: PushConfig,
     /// Health checks (`[[checks]]` tables).
     pub checks: Vec<CheckConfig>,
+    /// Log sources: files by glob, the journal (`[logs]`, `[[logs.files]]`).
+    pub logs: LogsConfig,
 }
 
 impl Default for AgentConfig {
@@ -41,6 +44,7 @@ impl Default for AgentConfig {
             scrape: Vec::new(),
             push: PushConfig::default(),
             checks: Vec::new(),
+            logs: LogsConfig::default(),
         }
     }
 }
@@ -256,6 +260,9 @@ pub enum ConfigError {
     /// A health check is invalid.
     #[error("{0}")]
     Checks(String),
+    /// A log source is invalid.
+    #[error("{0}")]
+    Logs(String),
     /// A scrape target is invalid.
     #[error("scrape target {target:?}: {message}")]
     Scrape {
@@ -337,6 +344,7 @@ impl AgentConfig {
         }
         self.validate_scrape()?;
         checks::validate(&self.checks).map_err(ConfigError::Checks)?;
+        crate::sources::logs::config::validate(&self.logs).map_err(ConfigError::Logs)?;
         if self.push.listen.parse::<SocketAddr>().is_err() {
             return Err(ConfigError::Invalid {
                 key: "push.listen",
@@ -494,6 +502,42 @@ mod tests {
             ("[[scrape]]\njob = \"a\"\nurl = \"http://x/\"\nintervall = 1\n", "intervall"),
             ("[push]\nlisten = \"localhost\"\n", "push.listen"),
             ("[[checks]]\nname = \"db\"\n", "db"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let err = AgentConfig::load(&p).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn log_sources_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(
+            &p,
+            "[logs]\nscan_interval_seconds = 2.0\n[logs.journald]\nenabled = true\n\
+             [[logs.files]]\nname = \"app\"\npaths = [\"/var/log/app/*.log\"]\nstart_at = \"beginning\"\n\
+             multiline_start = \"^\\\\d{4}-\"\nlabels = { service = \"api\" }\nrate_limit_lines_per_second = 500\n",
+        )
+        .unwrap();
+        let cfg = AgentConfig::load(&p).unwrap();
+        let f = &cfg.logs.files[0];
+        assert_eq!(f.source_name(), "app");
+        assert_eq!(f.start_at, crate::sources::logs::config::StartAt::Beginning);
+        assert_eq!(f.multiline_start.as_deref(), Some("^\\d{4}-"));
+        assert_eq!(f.labels["service"], "api");
+        assert!(cfg.logs.journald.enabled);
+        for (text, want) in [
+            ("[[logs.files]]\npaths = [\"x.log\"]\n", "must be absolute"),
+            (
+                "[[logs.files]]\npaths = [\"/x.log\"]\nstart_at = \"middle\"\n",
+                "middle",
+            ),
+            (
+                "[[logs.files]]\npaths = [\"/x.log\"]\nmax_line_bytes = 99999999\n",
+                "max_line_bytes",
+            ),
+            ("[logs]\nmax_fields = 5000\n", "logs.max_fields"),
         ] {
             std::fs::write(&p, text).unwrap();
             let err = AgentConfig::load(&p).unwrap_err().to_string();

@@ -2,7 +2,7 @@
 //! host's data on every collection, so the fleet sees each agent's buffer, drops and retries.
 
 use fleetwatch_common::model::{Label, MetricKind, Sample, Series, SeriesSamples};
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Every metric the agent keeps about itself.
 #[derive(Clone)]
@@ -54,6 +54,24 @@ pub struct AgentMetrics {
     pub push_listener_up: IntGauge,
     /// Configuration reloads, by result (applied, invalid, failed).
     pub config_reloads: IntCounterVec,
+    /// Log lines read, by source.
+    pub log_lines_read: IntCounterVec,
+    /// Log records handed to the buffer, by source (`push` for pushed records, `journald`).
+    pub log_records: IntCounterVec,
+    /// Log records cut to fit, by source and reason (line, fields, value).
+    pub log_truncated: IntCounterVec,
+    /// Log records dropped over a source's rate limit, by source.
+    pub log_rate_limited: IntCounterVec,
+    /// Log records with invalid UTF-8 (kept lossily), by source.
+    pub log_invalid_utf8: IntCounterVec,
+    /// Files open now, by source.
+    pub log_files_watched: IntGaugeVec,
+    /// Rotations seen, by source and kind (rename, delete, truncate, copytruncate).
+    pub log_rotations: IntCounterVec,
+    /// Bytes in watched files past the position last handed to the buffer, by source.
+    pub log_checkpoint_lag_bytes: IntGaugeVec,
+    /// Log source failures, by source and reason (open, read, unavailable, exited, parse).
+    pub log_source_errors: IntCounterVec,
 }
 
 impl AgentMetrics {
@@ -93,6 +111,15 @@ impl AgentMetrics {
             push_samples: reg!(IntCounter::new("fleetwatch_agent_push_samples_total", "Samples accepted by the push listener.")),
             push_listener_up: reg!(IntGauge::new("fleetwatch_agent_push_listener_up", "1 while the push listener is listening, 0 when it is off or could not bind.")),
             config_reloads: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_config_reloads_total", "Configuration reloads (SIGHUP), by result (applied, invalid, failed)."), &["result"])),
+            log_lines_read: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_log_lines_read_total", "Log lines read, by source."), &["source"])),
+            log_records: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_log_records_total", "Log records handed to the buffer, by source (push for pushed records, journald)."), &["source"])),
+            log_truncated: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_log_truncated_total", "Log records cut to fit the limits, by source and reason (line, fields, value)."), &["source", "reason"])),
+            log_rate_limited: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_log_rate_limited_total", "Log records dropped over the source's rate limit, by source."), &["source"])),
+            log_invalid_utf8: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_log_invalid_utf8_total", "Log records holding invalid UTF-8 (kept with U+FFFD, marked fleetwatch.invalid_utf8), by source."), &["source"])),
+            log_files_watched: reg!(IntGaugeVec::new(Opts::new("fleetwatch_agent_log_files_watched", "Log files open now, by source."), &["source"])),
+            log_rotations: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_log_rotations_total", "Log file rotations seen, by source and kind (rename, delete, truncate, copytruncate)."), &["source", "kind"])),
+            log_checkpoint_lag_bytes: reg!(IntGaugeVec::new(Opts::new("fleetwatch_agent_log_checkpoint_lag_bytes", "Bytes in watched log files past the position last handed to the buffer, by source."), &["source"])),
+            log_source_errors: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_log_source_errors_total", "Log source failures, by source and reason (open, read, unavailable, exited)."), &["source", "reason"])),
             registry,
         }
     }

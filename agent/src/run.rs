@@ -1,5 +1,5 @@
 //! Starting, reloading and stopping a whole agent: buffer, collector, shipper and the sources
-//! (host, scrape targets, health checks, push listener). Used by the `fleetwatch-agent` binary and by the
+//! (host, scrape targets, health checks, push listener, log sources). Used by the `fleetwatch-agent` binary and by the
 //! aggregator's `demo`.
 //!
 //! The buffer, the collector and the shipper live as long as the agent; sources come and go
@@ -12,6 +12,7 @@ use crate::metrics::AgentMetrics;
 use crate::shipper::Shipper;
 use crate::sources::checks::{self, CheckConfig, CheckOutput};
 use crate::sources::host::HostSource;
+use crate::sources::logs::LogSources;
 use crate::sources::push::PushListener;
 use crate::sources::scrape;
 use anyhow::Context;
@@ -80,6 +81,7 @@ pub struct RunningAgent {
     scrapes: BTreeMap<String, ScrapeTask>,
     push: Option<PushListener>,
     checks: Option<ChecksTask>,
+    logs: Option<LogSources>,
     host_task: JoinHandle<()>,
     collector: JoinHandle<()>,
     shipper: JoinHandle<()>,
@@ -180,6 +182,18 @@ impl RunningAgent {
                 .changes
                 .push(format!("health checks ({} configured)", new.checks.len()));
         }
+        if self.config.logs != new.logs {
+            self.restart_logs(&new.logs).await;
+            summary.changes.push(format!(
+                "log sources ({} file sources, journald {})",
+                new.logs.files.len(),
+                if new.logs.journald.enabled {
+                    "on"
+                } else {
+                    "off"
+                }
+            ));
+        }
         if self.config.host != new.host {
             summary.changes.push("host collection".into());
             self.host.send_replace(new.host.clone());
@@ -205,6 +219,17 @@ impl RunningAgent {
         }
         self.config = applied;
         Ok(summary)
+    }
+
+    /// Stops the log sources, has the collector write what they handed over (records and
+    /// positions) to the buffer, then starts the sources of `cfg`, which resume from there.
+    async fn restart_logs(&mut self, cfg: &crate::sources::logs::config::LogsConfig) {
+        stop_logs(self.logs.take()).await;
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.out.send(Collected::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+        self.logs = start_logs(cfg, &self.buffer, &self.out, &self.metrics);
     }
 
     /// `Some(new listener or None)` when the listener must change; binds a new address before
@@ -303,6 +328,7 @@ impl RunningAgent {
         if let Some(checks) = self.checks {
             checks.stop().await;
         }
+        stop_logs(self.logs).await;
         let wait = |t: JoinHandle<()>| tokio::time::timeout(Duration::from_secs(10), t);
         for (_, s) in self.scrapes {
             let _ = wait(s.task).await;
@@ -313,6 +339,22 @@ impl RunningAgent {
         let _ = wait(self.collector).await;
         let _ = wait(self.shipper).await;
         let _ = self.buffer.flush();
+    }
+}
+
+fn start_logs(
+    cfg: &crate::sources::logs::config::LogsConfig,
+    buffer: &Arc<Buffer>,
+    out: &Output,
+    metrics: &AgentMetrics,
+) -> Option<LogSources> {
+    (!cfg.files.is_empty() || cfg.journald.enabled)
+        .then(|| LogSources::start(cfg, buffer.clone(), out.clone(), metrics.clone()))
+}
+
+async fn stop_logs(logs: Option<LogSources>) {
+    if let Some(logs) = logs {
+        let _ = tokio::task::spawn_blocking(move || logs.stop()).await;
     }
 }
 
@@ -377,6 +419,7 @@ pub fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     let shipper = tokio::spawn(shipper.run_reloadable(shutdown_rx, link_rx));
     let checks =
         (!config.checks.is_empty()).then(|| ChecksTask::start(config.checks.clone(), out.clone()));
+    let logs = start_logs(&config.logs, &buffer, &out, &metrics);
     let mut agent = RunningAgent {
         shutdown,
         config: config.clone(),
@@ -386,6 +429,7 @@ pub fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         scrapes: BTreeMap::new(),
         push,
         checks,
+        logs,
         host_task,
         collector,
         shipper,

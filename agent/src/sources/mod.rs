@@ -2,5 +2,6 @@
 
 pub mod checks;
 pub mod host;
+pub mod logs;
 pub mod push;
 pub mod scrape;

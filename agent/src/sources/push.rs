@@ -3,8 +3,10 @@
 //! to the collector like any source's; invalid input gets a 4xx naming the problem, is counted,
 //! and takes nothing from the request into the buffer.
 //!
-//! The router is built by [`router`]; other kinds of pushed data (logs) are further routes on
-//! the same listener and state.
+//! `POST /v1/logs` takes log records (a JSON object, an array of objects, or one object per
+//! line) read by the same parser and limits as log files ([`crate::sources::logs::parse_pushed`]).
+//!
+//! The router is built by [`router`].
 
 use crate::collector::{Collected, Output};
 use crate::config::PushConfig;
@@ -77,6 +79,7 @@ impl IntoResponse for PushError {
 pub fn router(state: Arc<PushState>) -> Router {
     Router::new()
         .route("/v1/metrics", post(push_metrics))
+        .route("/v1/logs", post(push_logs))
         .with_state(state)
 }
 
@@ -168,6 +171,87 @@ async fn push_metrics(
     }
 }
 
+async fn push_logs(
+    State(state): State<Arc<PushState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let config = match state.config.read() {
+        Ok(c) => c.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if !matches!(
+        media.as_str(),
+        "application/json" | "application/x-ndjson" | "application/jsonl"
+    ) {
+        let e = PushError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            reason: "content_type",
+            message: format!(
+                "Content-Type {ct:?} is not supported for logs: send application/json (an object or an array of objects) or application/x-ndjson (one object per line)"
+            ),
+        };
+        return reject(&state, "logs", e);
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let bytes = match read_body(body, length, &config).await {
+        Ok(b) => b,
+        Err(e) => return reject(&state, "logs", e),
+    };
+    let parsed = match crate::sources::logs::parse_pushed(&bytes, crate::sources::logs::now_ns()) {
+        Ok(p) => p,
+        Err(e) => return reject(&state, "logs", PushError::bad(e.reason, e.message)),
+    };
+    let n = parsed.len();
+    let mut records = Vec::with_capacity(n);
+    for (rec, marks) in parsed {
+        crate::sources::logs::count_marks(&state.metrics, "push", &marks);
+        records.push(rec);
+    }
+    let sent = state
+        .out
+        .send(Collected::Logs {
+            records,
+            checkpoints: Vec::new(),
+        })
+        .await;
+    if sent.is_err() {
+        let e = PushError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: "stopping",
+            message: "the agent is stopping; send again later".into(),
+        };
+        return reject(&state, "logs", e);
+    }
+    state
+        .metrics
+        .log_records
+        .with_label_values(&["push"])
+        .inc_by(n as u64);
+    state
+        .metrics
+        .push_requests
+        .with_label_values(&["logs", "accepted"])
+        .inc();
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"status": "success", "accepted": n})),
+    )
+        .into_response()
+}
+
 fn reject(state: &PushState, format: &str, e: PushError) -> Response {
     state
         .metrics
@@ -189,6 +273,16 @@ async fn read_and_parse(
     config: &PushConfig,
     now: i64,
 ) -> Result<Vec<SeriesSamples>, PushError> {
+    let bytes = read_body(body, content_length, config).await?;
+    parse_body(&bytes, format, config, now)
+}
+
+/// The request body, at most `max_body_bytes` (413 beyond).
+async fn read_body(
+    body: Body,
+    content_length: Option<u64>,
+    config: &PushConfig,
+) -> Result<axum::body::Bytes, PushError> {
     let too_large = || PushError {
         status: StatusCode::PAYLOAD_TOO_LARGE,
         reason: "body_too_large",
@@ -200,7 +294,7 @@ async fn read_and_parse(
     if content_length.is_some_and(|n| n > config.max_body_bytes as u64) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, config.max_body_bytes)
+    axum::body::to_bytes(body, config.max_body_bytes)
         .await
         .map_err(|e| {
             // http-body-util's LengthLimitError, which axum does not export
@@ -214,8 +308,7 @@ async fn read_and_parse(
             } else {
                 PushError::bad("body", format!("reading the request body: {e}"))
             }
-        })?;
-    parse_body(&bytes, format, config, now)
+        })
 }
 
 /// Parses and checks a whole request body; any invalid item refuses the whole request.
@@ -757,6 +850,44 @@ mod tests {
             1
         );
         assert!(rx.try_recv().is_err(), "rejected requests send nothing");
+        let logs = format!("http://{}/v1/logs", listener.addr);
+        let r = client
+            .post(&logs)
+            .header("content-type", "application/x-ndjson")
+            .body("{\"msg\":\"a\",\"trace_id\":\"t\"}\n{\"msg\":\"b\"}\n")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        match rx.recv().await.unwrap() {
+            Collected::Logs {
+                records,
+                checkpoints,
+            } => {
+                assert_eq!(records.len(), 2);
+                assert_eq!(records[0].source, "push");
+                assert!(checkpoints.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = client
+            .post(&logs)
+            .header("content-type", "application/json")
+            .body("[{\"level\":\"info\"}]")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(body["reason"], "message", "{body}");
+        assert_eq!(
+            metrics
+                .push_requests
+                .with_label_values(&["logs", "rejected"])
+                .get(),
+            1
+        );
+        assert_eq!(metrics.log_records.with_label_values(&["push"]).get(), 2);
         listener.stop().await;
     }
 }
