@@ -472,6 +472,7 @@ impl FileTailer {
         let orders: Vec<u64> = self.files.keys().copied().collect();
         let mut buf = vec![0u8; READ_BYTES];
         for order in orders {
+            self.check_truncation(order, now, out);
             loop {
                 if out.records.len() >= CHUNK_RECORDS {
                     break;
