@@ -181,7 +181,28 @@ impl MemSeries {
 }
 
 /// Merges sorted `base` with sorted `overrides`; on equal timestamps the override wins.
-pub fn merge(base: Vec<Sample>, overrides: &[Sample]) -> Vec<Sample> {
+pub fn merge(mut base: Vec<Sample>, overrides: &[Sample]) -> Vec<Sample> {
+    // the common cases of reading blocks in time order: one side empty, or the overrides
+    // entirely after (or before) the base — linear, and the base's allocation is reused
+    match (
+        base.last(),
+        overrides.first(),
+        overrides.last(),
+        base.first(),
+    ) {
+        (_, None, _, _) => return base,
+        (None, _, _, _) => return overrides.to_vec(),
+        (Some(last), Some(first), _, _) if last.timestamp_ms < first.timestamp_ms => {
+            base.extend_from_slice(overrides);
+            return base;
+        }
+        (_, _, Some(o_last), Some(b_first)) if o_last.timestamp_ms < b_first.timestamp_ms => {
+            let mut out = overrides.to_vec();
+            out.extend_from_slice(&base);
+            return out;
+        }
+        _ => {}
+    }
     let mut out = Vec::with_capacity(base.len() + overrides.len());
     let mut o = overrides.iter().peekable();
     for s in base {
@@ -431,6 +452,41 @@ impl Head {
 
 #[cfg(test)]
 mod tests {
+
+    fn reference_merge(base: &[Sample], overrides: &[Sample]) -> Vec<Sample> {
+        let mut m: std::collections::BTreeMap<i64, f64> =
+            base.iter().map(|s| (s.timestamp_ms, s.value)).collect();
+        m.extend(overrides.iter().map(|s| (s.timestamp_ms, s.value)));
+        m.into_iter()
+            .map(|(timestamp_ms, value)| Sample {
+                timestamp_ms,
+                value,
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn merge_matches_a_map_of_timestamps(
+            a in proptest::collection::btree_set(0i64..200, 0..40),
+            b in proptest::collection::btree_set(0i64..200, 0..40),
+            shift in 0i64..300,
+        ) {
+            let base: Vec<Sample> = a.iter().map(|&t| Sample { timestamp_ms: t, value: 1.0 }).collect();
+            let over: Vec<Sample> = b.iter().map(|&t| Sample { timestamp_ms: t + shift, value: 2.0 }).collect();
+            let got = merge(base.clone(), &over);
+            let want = reference_merge(&base, &over);
+            proptest::prop_assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                proptest::prop_assert_eq!(g.timestamp_ms, w.timestamp_ms);
+                proptest::prop_assert_eq!(g.value, w.value);
+            }
+            // and with the sides swapped (overrides before the base)
+            let got = merge(over.clone(), &base);
+            let want = reference_merge(&over, &base);
+            proptest::prop_assert_eq!(got.len(), want.len());
+        }
+    }
     use super::*;
     use fleetwatch_common::model::Label;
     use promql_parser::label::MatchOp;
