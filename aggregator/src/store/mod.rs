@@ -449,7 +449,7 @@ impl Storage {
         }
         let mut chosen: Vec<(Arc<Block>, Option<&'static str>)> = Vec::new();
         for (_, group) in windows {
-            // empty rollup blocks only mark windows too sparse to roll up
+            // empty rollup blocks (written by earlier versions) only marked sparse windows
             let at = |res: i64| {
                 group
                     .iter()
@@ -606,16 +606,24 @@ impl Storage {
                     .filter(same_window)
                     .filter(|b| b.meta.resolution_ms == res)
                     .collect();
+                // a rollup pays only where it summarises several samples per bucket; sparser
+                // data is read (and kept) raw, decided from the raw block's counts each pass.
+                // (Earlier versions wrote an empty marker block for such windows: removed.)
+                if raw_density(&raw.meta, res) < rollup::MIN_DENSITY {
+                    let markers: Vec<Arc<Block>> = existing
+                        .iter()
+                        .filter(|b| b.meta.series == 0)
+                        .map(|b| Arc::clone(b))
+                        .collect();
+                    if !markers.is_empty() {
+                        self.replace_blocks(&markers, None)?;
+                    }
+                    continue;
+                }
                 if existing.iter().any(|b| b.meta.source_seq == raw.meta.seq) {
                     continue;
                 }
-                // a rollup pays only where it summarises several samples per bucket; sparser
-                // data gets an empty marker block and is read (and kept) raw
-                let series = if raw_density(&raw.meta, res) >= rollup::MIN_DENSITY {
-                    rollup::rollup(raw.all().map_err(StoreError::Block)?, res)
-                } else {
-                    Vec::new()
-                };
+                let series = rollup::rollup(raw.all().map_err(StoreError::Block)?, res);
                 let meta = BlockMeta {
                     seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
                     mint: raw.meta.mint,

@@ -315,7 +315,14 @@ impl<'a> ChunkIter<'a> {
 
 /// First byte of a chunk in a block: how it is encoded.
 const ENCODING_GORILLA: u8 = 0;
+/// Scaled integers (blocks written before the common factor).
 const ENCODING_DECIMAL: u8 = 1;
+/// Scaled integers whose steps are stored divided by their greatest common divisor (byte
+/// counts in whole pages or blocks move in multiples of 4096).
+const ENCODING_DECIMAL_FACTOR: u8 = 2;
+
+/// Largest common step divided out of a chunk's values.
+const MAX_FACTOR: u64 = 1 << 52;
 
 /// Largest scaled integer kept (exactly representable in an f64).
 const MAX_SCALED: f64 = 9_007_199_254_740_992.0;
@@ -346,13 +353,27 @@ pub fn encode_block_chunk(samples: &[(i64, f64)]) -> Vec<u8> {
         return out;
     };
     let p = 10f64.powi(i32::from(digits));
+    let xs: Vec<i64> = samples.iter().map(|s| (s.1 * p).round() as i64).collect();
+    let factor = match xs
+        .windows(2)
+        .fold(0u64, |g, w| gcd(g, w[1].wrapping_sub(w[0]).unsigned_abs()))
+    {
+        g @ 2..=MAX_FACTOR => g as i64,
+        _ => 1,
+    };
     let mut bits = BitWriter {
-        bytes: vec![ENCODING_DECIMAL, digits],
+        bytes: vec![ENCODING_DECIMAL_FACTOR, digits],
         used: 0,
     };
+    bits.write_varint(factor);
     let (mut last_t, mut last_dt, mut last_x, mut last_dx) = (0i64, 0i64, 0i64, 0i64);
-    for (i, &(t, v)) in samples.iter().enumerate() {
-        let x = (v * p).round() as i64;
+    for (i, (&(t, _), &scaled)) in samples.iter().zip(&xs).enumerate() {
+        // after the first, values are kept in units of the common step
+        let x = if i == 0 {
+            scaled
+        } else {
+            last_x.wrapping_add(scaled.wrapping_sub(xs[i - 1]) / factor)
+        };
         match i {
             0 => {
                 bits.write_varint(t);
@@ -381,7 +402,7 @@ pub fn decode_block_chunk(bytes: &[u8], count: u32) -> Result<Vec<(i64, f64)>, S
     let (&tag, rest) = bytes.split_first().ok_or("empty chunk")?;
     let out: Vec<(i64, f64)> = match tag {
         ENCODING_GORILLA => ChunkIter::new(rest, count).collect(),
-        ENCODING_DECIMAL => {
+        ENCODING_DECIMAL | ENCODING_DECIMAL_FACTOR => {
             let (&digits, rest) = rest.split_first().ok_or("truncated chunk")?;
             if digits > 6 {
                 return Err(format!("chunk scale {digits} out of range"));
@@ -391,7 +412,16 @@ pub fn decode_block_chunk(bytes: &[u8], count: u32) -> Result<Vec<(i64, f64)>, S
                 bytes: rest,
                 pos: 0,
             };
+            let factor = if tag == ENCODING_DECIMAL_FACTOR {
+                match r.read_varint() {
+                    Some(f) if f >= 1 => f,
+                    _ => return Err("bad chunk step factor".into()),
+                }
+            } else {
+                1
+            };
             let mut out = Vec::with_capacity(count as usize);
+            let mut first = 0i64;
             let (mut t, mut x, mut dt, mut dx) = (0i64, 0i64, 0i64, 0i64);
             for i in 0..count {
                 let step = match i {
@@ -417,7 +447,12 @@ pub fn decode_block_chunk(bytes: &[u8], count: u32) -> Result<Vec<(i64, f64)>, S
                 if step.is_none() {
                     break;
                 }
-                out.push((t, x as f64 / p));
+                if i == 0 {
+                    first = x;
+                }
+                // x counts common steps from the first value
+                let value = first.wrapping_add((x.wrapping_sub(first)).wrapping_mul(factor));
+                out.push((t, value as f64 / p));
             }
             out
         }
@@ -427,6 +462,14 @@ pub fn decode_block_chunk(bytes: &[u8], count: u32) -> Result<Vec<(i64, f64)>, S
         return Err(format!("chunk holds {} of its {count} samples", out.len()));
     }
     Ok(out)
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 fn sign_extend(v: u64, bits: u32) -> i64 {
@@ -535,12 +578,49 @@ mod tests {
             gorilla.append(t, v);
         }
         let packed = block_round_trip(&samples);
-        assert_eq!(encode_block_chunk(&samples)[0], ENCODING_DECIMAL);
+        assert_eq!(encode_block_chunk(&samples)[0], ENCODING_DECIMAL_FACTOR);
         assert!(
             packed * 2 < gorilla.bytes().len(),
             "{packed} bytes vs Gorilla's {}",
             gorilla.bytes().len()
         );
+    }
+
+    #[test]
+    fn whole_pages_are_stored_as_page_counts() {
+        // available memory moving in whole 4 KiB pages
+        let mut bytes = 8_000_000_000i64;
+        let pages: Vec<(i64, f64)> = (0..120)
+            .map(|i| {
+                bytes += (i * 7919 % 2001 - 1000) * 4096;
+                (i * 600_000, bytes as f64)
+            })
+            .collect();
+        let plus_one: Vec<(i64, f64)> = pages
+            .iter()
+            .enumerate()
+            .map(|(i, &(t, v))| (t, v + (i % 2) as f64))
+            .collect();
+        let with_factor = block_round_trip(&pages);
+        let without = block_round_trip(&plus_one);
+        assert!(
+            with_factor + 120 < without,
+            "{with_factor} bytes with the page factor, {without} without"
+        );
+    }
+
+    #[test]
+    fn chunks_of_the_first_decimal_encoding_still_read() {
+        let samples: Vec<(i64, f64)> = (0..50)
+            .map(|i| (i * 15_000, (i * i) as f64 / 100.0))
+            .collect();
+        let current = encode_block_chunk(&samples);
+        // with a factor of 1 the only difference is the factor's varint (one byte: 0x02)
+        assert_eq!(&current[..3], &[ENCODING_DECIMAL_FACTOR, 2, 0x02]);
+        let mut old = vec![ENCODING_DECIMAL, 2];
+        old.extend_from_slice(&current[3..]);
+        let back = decode_block_chunk(&old, 50).unwrap();
+        assert_eq!(back, samples);
     }
 
     #[test]
