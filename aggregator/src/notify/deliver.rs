@@ -167,3 +167,65 @@ async fn attempt_all(
     }
     (attempts, (!pending.is_empty()).then_some(error))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AlertingConfig;
+    use crate::metrics::Metrics;
+    use crate::rules::lifecycle::{Alert, AlertState};
+
+    #[tokio::test]
+    async fn a_receiver_that_can_not_send_fails_each_notification_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AlertingConfig {
+            default_receiver: "mail".into(),
+            group_wait_seconds: 0.0,
+            receivers: vec![ReceiverConfig {
+                name: "mail".into(),
+                kind: "email".into(),
+                smtp_host: "smtp.example.com".into(),
+                from: "alerts@example.com".into(),
+                to: vec!["ops@example.com".into()],
+                username: "alerts".into(),
+                password_env: "FLEETWATCH_TEST_NEVER_SET_PASSWORD".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let metrics = Metrics::new();
+        let n = Arc::new(Notifier::new(config, dir.path(), metrics.clone()).unwrap());
+        let _tasks = n.start();
+        let firing = Alert {
+            labels: [("alertname".to_string(), "Down".to_string())].into(),
+            annotations: Default::default(),
+            state: AlertState::Firing,
+            active_at_ms: 0,
+            fired_at_ms: Some(0),
+            resolved_at_ms: None,
+            keep_firing_since_ms: None,
+            value: 1.0,
+            last_eval_ms: 0,
+        };
+        n.process(&[firing], 1000);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while n.deliveries().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "no delivery logged");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let d = &n.deliveries()[0];
+        assert_eq!((d.result.as_str(), d.attempts), ("failed", 0));
+        assert!(
+            d.error.contains("FLEETWATCH_TEST_NEVER_SET_PASSWORD"),
+            "{}",
+            d.error
+        );
+        assert_eq!(
+            metrics
+                .notifications
+                .with_label_values(&["mail", "failed"])
+                .get(),
+            1
+        );
+    }
+}
