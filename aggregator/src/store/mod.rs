@@ -733,9 +733,11 @@ impl Storage {
         block::write(&self.dir.join("blocks"), meta, series).map_err(StoreError::Block)
     }
 
-    /// Merges blocks that share a window into one, and raw blocks of a day that ended more than a
-    /// day ago into one day block (fewer, larger blocks: one index per day instead of twelve);
-    /// rollups of windows a day block replaced are removed and computed again for the day.
+    /// Merges blocks that share a window into one, and raw blocks of a day that ended at least a
+    /// block width ago into one day block (fewer, larger blocks: one index per day instead of
+    /// twelve, and chunks long enough that their first sample's cost is spread); a backlog of
+    /// that day arriving later is merged in the same way. Rollups of windows a day block
+    /// replaced are removed and computed again for the day.
     fn compact(&self, now_ms: i64) -> Result<(), StoreError> {
         let _m = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
         let day = 86_400_000;
@@ -751,7 +753,7 @@ impl Storage {
             let target = if m.resolution_ms == 0
                 && self.config.block_ms < day
                 && m.maxt <= day_start + day
-                && day_start + day <= now_ms - day
+                && day_start + day <= now_ms - self.config.block_ms
             {
                 (day_start, day_start + day, 0)
             } else {
