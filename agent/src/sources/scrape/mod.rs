@@ -1,16 +1,18 @@
 //! Prometheus scrape targets: one task per `[[scrape]]` target fetches the exposition on its
-//! interval, parses it ([`parse`]), labels it as Prometheus does (`job`, `instance`, target
-//! labels, `honor_labels`), adds the `up` and `scrape_*` series and staleness markers, and hands
-//! the samples to the collector.
+//! interval, parses it ([`parse`]) against the target's scrape cache ([`state`]), labels it as
+//! Prometheus does (`job`, `instance`, target labels, `honor_labels`), adds the `up` and
+//! `scrape_*` series and staleness markers, and hands the samples to the collector.
 
 pub mod parse;
+pub mod state;
+
+pub use state::{Scraped, TargetState};
 
 use crate::collector::{Collected, Output};
 use crate::config::{secs, ScrapeTarget};
 use crate::metrics::AgentMetrics;
-use fleetwatch_common::model::{now_ms, Label, MetricKind, Sample, Series, SeriesSamples};
-use parse::{Format, ParseError, ParsedSample};
-use std::collections::HashMap;
+use fleetwatch_common::model::{now_ms, Label, Series, SeriesSamples};
+use parse::{Format, ParseError};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -112,172 +114,38 @@ pub fn apply_target_labels(
     Series::new(name, scraped)
 }
 
-/// What a target's scrapes remember between scrapes: the series of the last successful scrape
-/// (for staleness markers and `scrape_series_added`).
-#[derive(Debug, Default)]
-pub struct TargetState {
-    previous: HashMap<Series, MetricKind>,
-}
-
-/// The outcome of one scrape, as numbers for the report series.
-#[derive(Debug, Clone, Copy)]
-struct Report {
-    up: bool,
-    duration: Duration,
-    scraped: usize,
-    added: usize,
-}
-
-impl TargetState {
-    /// Turns a successful scrape into series: the samples with target labels, staleness
-    /// markers for series that disappeared, and the report series.
-    pub fn on_success(
-        &mut self,
-        target: &ScrapeTarget,
-        labels: &[Label],
-        samples: Vec<ParsedSample>,
-        timestamp_ms: i64,
-        duration: Duration,
-    ) -> Vec<SeriesSamples> {
-        let scraped = samples.len();
-        let mut out = Vec::with_capacity(scraped + 8);
-        let mut current = HashMap::with_capacity(self.previous.len().max(scraped));
-        let mut added = 0;
-        for s in samples {
-            let series = apply_target_labels(&s.name, s.labels, labels, target.honor_labels);
-            let ts = match s.timestamp_ms {
-                Some(t) if target.honor_timestamps => t,
-                _ => timestamp_ms,
-            };
-            // As Prometheus: series with their own timestamps get no staleness markers.
-            if s.timestamp_ms.is_none() || !target.honor_timestamps {
-                if self.previous.remove(&series).is_none() {
-                    added += 1;
-                }
-                current.insert(series.clone(), s.kind);
-            }
-            out.push(SeriesSamples {
-                series,
-                kind: s.kind,
-                samples: vec![Sample {
-                    timestamp_ms: ts,
-                    value: s.value,
-                }],
-            });
-        }
-        // what is left in `previous` disappeared
-        let gone = std::mem::replace(&mut self.previous, current);
-        out.extend(stale_markers(gone, timestamp_ms));
-        out.extend(report_series(
-            labels,
-            timestamp_ms,
-            Report {
-                up: true,
-                duration,
-                scraped,
-                added,
-            },
-        ));
-        out
-    }
-
-    /// A failed scrape: `up` 0 and staleness markers for everything the target had.
-    pub fn on_failure(
-        &mut self,
-        labels: &[Label],
-        timestamp_ms: i64,
-        duration: Duration,
-    ) -> Vec<SeriesSamples> {
-        let mut out = stale_markers(std::mem::take(&mut self.previous), timestamp_ms);
-        out.extend(report_series(
-            labels,
-            timestamp_ms,
-            Report {
-                up: false,
-                duration,
-                scraped: 0,
-                added: 0,
-            },
-        ));
-        out
-    }
-
-    /// The target was removed: staleness markers for its series and its report series.
-    pub fn on_removed(&mut self, labels: &[Label], timestamp_ms: i64) -> Vec<SeriesSamples> {
-        let mut out = stale_markers(std::mem::take(&mut self.previous), timestamp_ms);
-        for r in report_series(
-            labels,
-            timestamp_ms,
-            Report {
-                up: false,
-                duration: Duration::ZERO,
-                scraped: 0,
-                added: 0,
-            },
-        ) {
-            out.push(SeriesSamples {
-                samples: vec![Sample {
-                    timestamp_ms,
-                    value: STALE_NAN,
-                }],
-                ..r
-            });
-        }
-        out
-    }
-}
-
-fn stale_markers(gone: HashMap<Series, MetricKind>, timestamp_ms: i64) -> Vec<SeriesSamples> {
-    gone.into_iter()
-        .map(|(series, kind)| SeriesSamples {
-            series,
-            kind,
-            samples: vec![Sample {
-                timestamp_ms,
-                value: STALE_NAN,
-            }],
-        })
-        .collect()
-}
-
-fn report_series(labels: &[Label], timestamp_ms: i64, r: Report) -> Vec<SeriesSamples> {
-    [
-        ("up", if r.up { 1.0 } else { 0.0 }),
-        ("scrape_duration_seconds", r.duration.as_secs_f64()),
-        ("scrape_samples_scraped", r.scraped as f64),
-        ("scrape_samples_post_metric_relabeling", r.scraped as f64),
-        ("scrape_series_added", r.added as f64),
-    ]
-    .into_iter()
-    .map(|(name, value)| SeriesSamples {
-        series: Series::new(name, labels.iter().cloned()),
-        kind: MetricKind::Gauge,
-        samples: vec![Sample {
-            timestamp_ms,
-            value,
-        }],
-    })
-    .collect()
-}
-
-/// Fetches and parses one exposition, within the target's timeout.
+/// Fetches one exposition within the target's timeout, reads it against `state` and turns it
+/// into series (in a blocking thread: a 10,000-series body takes milliseconds, which would
+/// hold one of the runtime's two workers). `started` is when the scrape began, for
+/// `scrape_duration_seconds`.
 pub async fn scrape(
     client: &reqwest::Client,
     target: &ScrapeTarget,
-) -> Result<Vec<ParsedSample>, ScrapeError> {
+    state: &mut TargetState,
+    timestamp_ms: i64,
+    started: Instant,
+) -> Result<Vec<SeriesSamples>, ScrapeError> {
     let timeout = secs(target.timeout());
     let (format, body) = tokio::time::timeout(timeout, fetch(client, target))
         .await
         .map_err(|_| ScrapeError::Timeout(timeout))??;
-    // Parsing 10,000 series takes milliseconds; a blocking thread keeps big bodies off the
-    // runtime's two workers.
-    tokio::task::spawn_blocking(move || parse::parse(&body, format))
-        .await
-        .map_err(|e| ScrapeError::Request(e.to_string()))?
-        .map_err(|e| ScrapeError::Parse(format.as_str(), e))
+    let mut owned = std::mem::replace(state, TargetState::new(target));
+    let target = target.clone();
+    let (owned, result) = tokio::task::spawn_blocking(move || {
+        let result = match owned.read(&body, format) {
+            Ok(scraped) => Ok(scraped.on_success(&target, timestamp_ms, started.elapsed())),
+            Err(e) => Err(ScrapeError::Parse(format.as_str(), e)),
+        };
+        (owned, result)
+    })
+    .await
+    .map_err(|e| ScrapeError::Request(e.to_string()))?;
+    *state = owned;
+    result
 }
 
-async fn fetch(
+/// Fetches one exposition: its format (from `Content-Type`) and the body.
+pub async fn fetch(
     client: &reqwest::Client,
     target: &ScrapeTarget,
 ) -> Result<(Format, String), ScrapeError> {
@@ -316,7 +184,7 @@ async fn fetch(
     {
         return Err(ScrapeError::TooLarge(target.max_body_bytes));
     }
-    let mut body = Vec::new();
+    let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
     while let Some(chunk) = response.chunk().await.map_err(request_error)? {
         if (body.len() + chunk.len()) as u64 > target.max_body_bytes {
             return Err(ScrapeError::TooLarge(target.max_body_bytes));
@@ -364,8 +232,7 @@ pub async fn run(
     let Some(mut target) = config.borrow_and_update().clone() else {
         return;
     };
-    let mut labels = target_labels(&target);
-    let mut state = TargetState::default();
+    let mut state = TargetState::new(&target);
     let mut tick = tokio::time::interval(secs(target.interval_seconds));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
@@ -383,18 +250,17 @@ pub async fn run(
                             );
                             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                         }
-                        let new_labels = target_labels(&next);
-                        if new_labels != labels || next.honor_labels != target.honor_labels {
+                        if !state.fits(&next) {
                             // a different label set is a different set of series
-                            let _ = out.send(Collected::Metrics(state.on_removed(&labels, now_ms()))).await;
+                            let _ = out.send(Collected::Metrics(state.on_removed(now_ms()))).await;
+                            state = TargetState::new(&next);
                         }
-                        labels = new_labels;
                         target = next;
                         info!(target = target.target_name(), interval = target.interval_seconds, "scrape target reconfigured");
                         continue;
                     }
                     None => {
-                        let _ = out.send(Collected::Metrics(state.on_removed(&labels, now_ms()))).await;
+                        let _ = out.send(Collected::Metrics(state.on_removed(now_ms()))).await;
                         info!(target = target.target_name(), "scrape target removed");
                         return;
                     }
@@ -405,16 +271,15 @@ pub async fn run(
         let name = target.target_name().to_string();
         let timestamp_ms = now_ms();
         let started = Instant::now();
-        let result = scrape(&client, &target).await;
-        let duration = started.elapsed();
+        let result = scrape(&client, &target, &mut state, timestamp_ms, started).await;
         metrics.scrapes.with_label_values(&[&name]).inc();
         let series = match result {
-            Ok(samples) => {
+            Ok(series) => {
                 if failing {
                     info!(target = %name, "scrape target is back");
                     failing = false;
                 }
-                state.on_success(&target, &labels, samples, timestamp_ms, duration)
+                series
             }
             Err(error) => {
                 metrics
@@ -427,7 +292,7 @@ pub async fn run(
                     warn!(target = %name, url = %target.url, %error, "scrape failed");
                     failing = true;
                 }
-                state.on_failure(&labels, timestamp_ms, duration)
+                state.on_failure(timestamp_ms, started.elapsed())
             }
         };
         if out.send(Collected::Metrics(series)).await.is_err() {
@@ -451,16 +316,6 @@ mod tests {
             honor_labels: false,
             honor_timestamps: true,
             max_body_bytes: 1 << 20,
-        }
-    }
-
-    fn sample(name: &str, labels: &[(&str, &str)], ts: Option<i64>) -> ParsedSample {
-        ParsedSample {
-            name: name.into(),
-            labels: labels.iter().map(|(k, v)| Label::new(*k, *v)).collect(),
-            value: 1.0,
-            timestamp_ms: ts,
-            kind: MetricKind::Gauge,
         }
     }
 
@@ -502,63 +357,6 @@ mod tests {
         assert_eq!(s.label("instance"), Some("h:1"));
     }
 
-    #[test]
-    fn disappeared_series_get_staleness_markers_and_failures_mark_all() {
-        let t = target("http://h:1/metrics");
-        let labels = target_labels(&t);
-        let mut st = TargetState::default();
-        let first = st.on_success(
-            &t,
-            &labels,
-            vec![
-                sample("a", &[], None),
-                sample("b", &[], None),
-                sample("c", &[], Some(5)),
-            ],
-            1000,
-            Duration::from_millis(3),
-        );
-        let up = first.iter().find(|s| s.series.name == "up").unwrap();
-        assert_eq!(up.samples[0].value, 1.0);
-        assert_eq!(up.series.label("job"), Some("app"));
-        let added = first
-            .iter()
-            .find(|s| s.series.name == "scrape_series_added")
-            .unwrap();
-        assert_eq!(added.samples[0].value, 2.0);
-        let c = first.iter().find(|s| s.series.name == "c").unwrap();
-        assert_eq!(
-            c.samples[0].timestamp_ms, 5,
-            "exposed timestamps are honoured"
-        );
-
-        let second = st.on_success(
-            &t,
-            &labels,
-            vec![sample("a", &[], None)],
-            2000,
-            Duration::ZERO,
-        );
-        let b = second.iter().find(|s| s.series.name == "b").unwrap();
-        assert_eq!(b.samples[0].value.to_bits(), STALE_NAN.to_bits());
-        assert_eq!(b.samples[0].timestamp_ms, 2000);
-        assert!(
-            second.iter().all(|s| s.series.name != "c"),
-            "timestamped series are not marked"
-        );
-
-        let failed = st.on_failure(&labels, 3000, Duration::ZERO);
-        let a = failed.iter().find(|s| s.series.name == "a").unwrap();
-        assert_eq!(a.samples[0].value.to_bits(), STALE_NAN.to_bits());
-        let up = failed.iter().find(|s| s.series.name == "up").unwrap();
-        assert_eq!(up.samples[0].value, 0.0);
-        assert_eq!(
-            st.on_failure(&labels, 4000, Duration::ZERO).len(),
-            5,
-            "only report series"
-        );
-    }
-
     #[tokio::test]
     async fn scrape_over_http_reports_status_and_size_failures() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -597,29 +395,41 @@ mod tests {
         });
         let client = client().unwrap();
         let mut t = target(&format!("http://{addr}/om"));
-        let s = scrape(&client, &t).await.unwrap();
+        let (format, body) = fetch(&client, &t).await.unwrap();
+        assert_eq!(format, Format::OpenMetrics);
+        let s = parse::parse(&body, format).unwrap();
         assert_eq!(s[0].name, "x_total");
-        assert_eq!(s[0].kind, MetricKind::Counter);
+        assert_eq!(s[0].kind, fleetwatch_common::model::MetricKind::Counter);
+        let mut state = TargetState::new(&t);
+        let series = scrape(&client, &t, &mut state, 1000, Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(series[0].series.name, "x_total");
+        assert_eq!(series[0].series.label("job"), Some("app"));
+        assert_eq!(state.cached_series(), 1);
+        let scrape_error = |t: ScrapeTarget| {
+            let client = client.clone();
+            async move {
+                let mut state = TargetState::new(&t);
+                scrape(&client, &t, &mut state, 1000, Instant::now())
+                    .await
+                    .unwrap_err()
+            }
+        };
         t.url = format!("http://{addr}/missing");
-        assert_eq!(
-            scrape(&client, &t).await.unwrap_err().reason(),
-            "http_status"
-        );
+        assert_eq!(scrape_error(t.clone()).await.reason(), "http_status");
         t.url = format!("http://{addr}/bad");
-        let e = scrape(&client, &t).await.unwrap_err();
+        let e = scrape_error(t.clone()).await;
         assert_eq!(e.reason(), "parse");
         assert!(e.to_string().contains("line 1"), "{e}");
         t.url = format!("http://{addr}/big");
         t.max_body_bytes = 100;
-        assert_eq!(
-            scrape(&client, &t).await.unwrap_err().reason(),
-            "body_too_large"
-        );
+        assert_eq!(scrape_error(t.clone()).await.reason(), "body_too_large");
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap();
         t.url = format!("http://{closed}/metrics");
-        assert_eq!(scrape(&client, &t).await.unwrap_err().reason(), "connect");
+        assert_eq!(scrape_error(t).await.reason(), "connect");
     }
 }

@@ -127,10 +127,68 @@ const SUFFIXES: [&str; 8] = [
     "_total", "_bucket", "_count", "_sum", "_created", "_gcount", "_gsum", "_info",
 ];
 
+/// One sample line as [`visit`] hands it over.
+#[derive(Debug)]
+pub struct SampleLine<'a> {
+    /// The sample's metric name.
+    pub name: &'a str,
+    /// The series as written: the name and the label block up to its `}`, the part of the line
+    /// before the value. Equal texts always parse to equal names and labels.
+    pub series_text: &'a str,
+    /// The labels as exposed (empty values left out), or `None` when the visitor said it knew
+    /// `series_text` already, so they were not parsed again.
+    pub labels: Option<Vec<Label>>,
+    /// The value.
+    pub value: f64,
+    /// The exposition's own timestamp, milliseconds since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
+    /// Its type, from the family's `# TYPE` line.
+    pub kind: MetricKind,
+}
+
+/// What [`visit`] calls for the sample lines of a body.
+pub trait Visitor<'a> {
+    /// Whether this label block was seen (and parsed) before; if so the labels are not parsed
+    /// and the line comes with `labels: None`. Only asked for lines that have a label block.
+    fn is_known(&mut self, series_text: &'a str) -> bool;
+    /// One valid sample line, in body order.
+    fn sample(&mut self, line: SampleLine<'a>);
+}
+
 /// Parses a whole exposition. Any invalid line fails the whole body, as in Prometheus.
 pub fn parse(text: &str, format: Format) -> Result<Vec<ParsedSample>, ParseError> {
+    struct Collect(Vec<ParsedSample>);
+    impl Visitor<'_> for Collect {
+        fn is_known(&mut self, _: &str) -> bool {
+            false
+        }
+        fn sample(&mut self, line: SampleLine<'_>) {
+            self.0.push(ParsedSample {
+                name: line.name.to_string(),
+                labels: line.labels.unwrap_or_default(),
+                value: line.value,
+                timestamp_ms: line.timestamp_ms,
+                kind: line.kind,
+            });
+        }
+    }
+    let mut samples = Collect(Vec::new());
+    visit(text, format, &mut samples)?;
+    Ok(samples.0)
+}
+
+/// Reads a whole exposition in one pass, handing each sample line to `visitor`; returns the
+/// number of samples. Any invalid line fails the whole body (the visitor may have seen the
+/// lines before it).
+pub fn visit<'a>(
+    text: &'a str,
+    format: Format,
+    visitor: &mut impl Visitor<'a>,
+) -> Result<usize, ParseError> {
     let mut types: HashMap<&str, FamilyType> = HashMap::new();
-    let mut out = Vec::new();
+    // consecutive samples mostly share a name (histogram buckets, a family's label sets)
+    let mut last_kind: Option<(&str, MetricKind)> = None;
+    let mut count = 0;
     let mut eof = false;
     for (index, raw) in text.split('\n').enumerate() {
         let line_no = index + 1;
@@ -164,6 +222,7 @@ pub fn parse(text: &str, format: Format) -> Result<Vec<ParsedSample>, ParseError
                     if types.insert(name, t).is_some() {
                         return Err(err(format!("second # TYPE line for {name}")));
                     }
+                    last_kind = None;
                 }
                 (Some("HELP" | "UNIT"), _) => {
                     let name = words.next().unwrap_or("");
@@ -175,15 +234,17 @@ pub fn parse(text: &str, format: Format) -> Result<Vec<ParsedSample>, ParseError
             }
             continue;
         }
-        let sample = parse_sample(line, format).map_err(err)?;
-        let kind = kind_of(&types, sample.0);
-        out.push(ParsedSample {
-            name: sample.0.to_string(),
-            labels: sample.1,
-            value: sample.2,
-            timestamp_ms: sample.3,
-            kind,
-        });
+        let mut sample = parse_sample(line, format, visitor).map_err(err)?;
+        sample.kind = match last_kind {
+            Some((name, kind)) if name == sample.name => kind,
+            _ => {
+                let kind = kind_of(&types, sample.name);
+                last_kind = Some((sample.name, kind));
+                kind
+            }
+        };
+        visitor.sample(sample);
+        count += 1;
     }
     if format == Format::OpenMetrics && !eof {
         return Err(ParseError {
@@ -191,7 +252,7 @@ pub fn parse(text: &str, format: Format) -> Result<Vec<ParsedSample>, ParseError
             message: "OpenMetrics body does not end with # EOF".into(),
         });
     }
-    Ok(out)
+    Ok(count)
 }
 
 fn kind_of(types: &HashMap<&str, FamilyType>, name: &str) -> MetricKind {
@@ -208,9 +269,12 @@ fn kind_of(types: &HashMap<&str, FamilyType>, name: &str) -> MetricKind {
     MetricKind::Untyped
 }
 
-type Sample<'a> = (&'a str, Vec<Label>, f64, Option<i64>);
-
-fn parse_sample(line: &str, format: Format) -> Result<Sample<'_>, String> {
+/// One sample line (its kind is set by the caller).
+fn parse_sample<'a>(
+    line: &'a str,
+    format: Format,
+    visitor: &mut impl Visitor<'a>,
+) -> Result<SampleLine<'a>, String> {
     let name_end = line
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
         .unwrap_or(line.len());
@@ -218,16 +282,27 @@ fn parse_sample(line: &str, format: Format) -> Result<Sample<'_>, String> {
     if !is_metric_name(name) {
         return Err(format!("invalid metric name at {:?}", short(line)));
     }
-    let mut rest = &line[name_end..];
-    let mut labels = Vec::new();
-    if let Some(after) = rest.strip_prefix('{') {
-        rest = parse_labels(after, &mut labels, name)?;
-    }
+    let has_block = line[name_end..].starts_with('{');
+    let (series_end, labels) = if has_block {
+        // A label block seen before parsed without error to the same labels: skip it. The
+        // quick scan only finds where it may end; an unknown text is parsed in full.
+        match label_block_end(&line[name_end + 1..]).map(|n| name_end + 1 + n) {
+            Some(end) if visitor.is_known(&line[..end]) => (end, None),
+            _ => {
+                let mut labels = Vec::new();
+                let rest = parse_labels(&line[name_end + 1..], &mut labels, name)?;
+                (line.len() - rest.len(), Some(labels))
+            }
+        }
+    } else {
+        (name_end, Some(Vec::new()))
+    };
+    let rest = &line[series_end..];
     if !(rest.is_empty() || rest.starts_with([' ', '\t'])) {
-        return Err(if labels.is_empty() && !line[name_end..].starts_with('{') {
-            format!("invalid metric name at {:?}", short(line))
-        } else {
+        return Err(if has_block {
             format!("{name}: expected a space before the value")
+        } else {
+            format!("invalid metric name at {:?}", short(line))
         });
     }
     let rest = rest.trim_start_matches([' ', '\t']);
@@ -261,7 +336,32 @@ fn parse_sample(line: &str, format: Format) -> Result<Sample<'_>, String> {
             ));
         }
     }
-    Ok((name, labels, value, timestamp_ms))
+    Ok(SampleLine {
+        name,
+        series_text: &line[..series_end],
+        labels,
+        value,
+        timestamp_ms,
+        kind: MetricKind::Untyped,
+    })
+}
+
+/// Where the label block that `s` continues (after its `{`) may end: the byte after the first
+/// `}` outside a quoted value. Only a guess for a cache lookup; [`parse_labels`] decides.
+fn label_block_end(s: &str) -> Option<usize> {
+    let bytes = s.as_bytes();
+    let mut quoted = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            b'}' if !quoted => return Some(i + 1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Parses `a="1",b="2"}` (after the `{`); returns what follows the `}`.
