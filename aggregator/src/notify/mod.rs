@@ -222,23 +222,46 @@ impl Notifier {
         self.config.receivers.iter().find(|r| r.name == name)
     }
 
+    /// Per inhibition rule, the firing alerts that match its source matchers, by the values of
+    /// its `equal` labels: found once per pass, so that muting stays linear in the alerts.
+    fn inhibitors<'a>(&self, all: &'a [Alert]) -> Vec<Inhibitors<'a>> {
+        self.inhibits
+            .iter()
+            .map(|i| {
+                let mut by_key: Inhibitors<'a> = HashMap::new();
+                for src in all.iter().filter(|src| {
+                    src.state == AlertState::Firing && matcher::matches(&i.source, &src.labels)
+                }) {
+                    by_key
+                        .entry(equal_key(&i.equal, &src.labels))
+                        .or_default()
+                        .push(&src.labels);
+                }
+                by_key
+            })
+            .collect()
+    }
+
     /// Why an alert is muted now, if it is.
-    fn muted(&self, a: &Alert, all: &[Alert], silences: &[ActiveSilence]) -> Option<String> {
+    fn muted(
+        &self,
+        a: &Alert,
+        silences: &[ActiveSilence],
+        inhibitors: &[Inhibitors<'_>],
+    ) -> Option<String> {
         for (id, m) in silences {
             if matcher::matches(m, &a.labels) {
                 return Some(format!("silence {id}"));
             }
         }
-        for i in &self.inhibits {
-            if !matcher::matches(&i.target, &a.labels) {
+        for (i, sources) in self.inhibits.iter().zip(inhibitors) {
+            if sources.is_empty() || !matcher::matches(&i.target, &a.labels) {
                 continue;
             }
-            let inhibited = all.iter().any(|src| {
-                src.state == AlertState::Firing
-                    && src.labels != a.labels
-                    && matcher::matches(&i.source, &src.labels)
-                    && i.equal.iter().all(|l| src.labels.get(l) == a.labels.get(l))
-            });
+            // an alert does not inhibit itself
+            let inhibited = sources
+                .get(&equal_key(&i.equal, &a.labels))
+                .is_some_and(|s| s.iter().any(|labels| **labels != a.labels));
             if inhibited {
                 return Some("inhibited".into());
             }
@@ -299,8 +322,9 @@ impl Notifier {
         // group what is not muted
         let mut groups: BTreeMap<String, Pending> = BTreeMap::new();
         let silences = active_silences(&state.silences, now);
+        let inhibitors = self.inhibitors(alerts);
         for a in alerts.iter().filter(|a| a.state != AlertState::Pending) {
-            if self.muted(a, alerts, &silences).is_some() {
+            if self.muted(a, &silences, &inhibitors).is_some() {
                 continue;
             }
             for (receiver, group_by) in self.route(a) {
@@ -522,7 +546,7 @@ impl Notifier {
                 .silences,
             now,
         );
-        self.muted(a, all, &silences)
+        self.muted(a, &silences, &self.inhibitors(all))
     }
 
     /// The alert history, newest first.
@@ -547,6 +571,16 @@ impl Notifier {
             .cloned()
             .collect()
     }
+}
+
+/// An inhibition rule's firing source alerts (their labels) by the values of its `equal` labels.
+type Inhibitors<'a> = HashMap<Vec<Option<&'a str>>, Vec<&'a BTreeMap<String, String>>>;
+
+fn equal_key<'a>(equal: &[String], labels: &'a BTreeMap<String, String>) -> Vec<Option<&'a str>> {
+    equal
+        .iter()
+        .map(|l| labels.get(l).map(String::as_str))
+        .collect()
 }
 
 /// A silence in force, its matchers parsed once per pass rather than once per alert.
@@ -636,6 +670,29 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         n.queues.lock().unwrap().insert("hook".into(), tx);
         (n, rx)
+    }
+
+    #[test]
+    fn a_firing_host_down_inhibits_only_its_own_host_and_not_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (n, _rx) = notifier(dir.path());
+        let mut cpu_a = alert(AlertState::Firing, "a");
+        cpu_a.labels.insert("alertname".into(), "CpuHigh".into());
+        let mut cpu_b = cpu_a.clone();
+        cpu_b.labels.insert("host".into(), "b".into());
+        let mut down_a = alert(AlertState::Firing, "a");
+        down_a.labels.insert("alertname".into(), "HostDown".into());
+        let all = [cpu_a.clone(), cpu_b.clone(), down_a.clone()];
+        assert_eq!(
+            n.muted_reason(&cpu_a, &all, 0).as_deref(),
+            Some("inhibited")
+        );
+        assert_eq!(n.muted_reason(&cpu_b, &all, 0), None);
+        assert_eq!(n.muted_reason(&down_a, &all, 0), None);
+        // a pending HostDown inhibits nothing
+        down_a.state = AlertState::Pending;
+        let all = [cpu_a.clone(), down_a];
+        assert_eq!(n.muted_reason(&cpu_a, &all, 0), None);
     }
 
     #[test]
