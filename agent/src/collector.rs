@@ -102,7 +102,7 @@ impl Batcher {
 }
 
 /// Bytes of log messages and fields in one batch at most (well under the frame limits).
-pub const MAX_LOG_BATCH_BYTES: usize = 8 * 1024 * 1024;
+pub const MAX_LOG_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Checkpoint changes: key to new value (`None` removes), the latest per key.
 pub type Checkpoints = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -309,6 +309,9 @@ pub enum Collected {
         records: Vec<LogRecord>,
         /// Checkpoint changes written with the batch holding the last of `records`.
         checkpoints: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        /// The sender's count of records in the channel, decreased by the collector when it
+        /// takes them (log sources wait while it is high, which bounds the agent's memory).
+        queued: Option<Arc<std::sync::atomic::AtomicUsize>>,
     },
     /// Seal and write everything gathered so far, then answer (before log sources restart,
     /// so that they read their latest positions from the buffer).
@@ -346,7 +349,10 @@ pub async fn run(
                         sealed.extend(batcher.add_metrics(series, Instant::now()));
                         sealed
                     }
-                    Some(Collected::Logs { records, checkpoints }) => {
+                    Some(Collected::Logs { records, checkpoints, queued }) => {
+                        if let Some(q) = queued {
+                            q.fetch_sub(records.len(), std::sync::atomic::Ordering::Relaxed);
+                        }
                         for s in logs.add(records, checkpoints, Instant::now()) {
                             store_logs(&buffer, &metrics, &wake, s).await;
                         }

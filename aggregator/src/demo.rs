@@ -128,6 +128,20 @@ pub fn prepare(opts: &DemoOptions) -> anyhow::Result<DemoSetup> {
     agent_cfg.aggregator.key = agent.key;
     agent_cfg.host.interval_seconds = 5.0;
     agent_cfg.batch.max_wait_seconds = 0.2;
+    // this host's logs, with no configuration: the journal where there is one (skipped and
+    // counted where there is not), /var/log/*.log and /var/log/syslog, from their end; files
+    // that appear later are picked up within a second and read from their beginning
+    agent_cfg.logs.journald.enabled = true;
+    agent_cfg.logs.files = vec![fleetwatch_agent::sources::logs::config::FileSource {
+        name: "var-log".into(),
+        paths: vec!["/var/log/*.log".into(), "/var/log/syslog".into()],
+        exclude: Vec::new(),
+        start_at: fleetwatch_agent::sources::logs::config::StartAt::End,
+        multiline_start: None,
+        labels: Default::default(),
+        max_line_bytes: 256 * 1024,
+        rate_limit_lines_per_second: 2000,
+    }];
     Ok(DemoSetup {
         aggregator,
         agent: agent_cfg,

@@ -225,6 +225,7 @@ async fn push_logs(
         .send(Collected::Logs {
             records,
             checkpoints: Vec::new(),
+            queued: None,
         })
         .await;
     if sent.is_err() {
@@ -863,6 +864,7 @@ mod tests {
             Collected::Logs {
                 records,
                 checkpoints,
+                ..
             } => {
                 assert_eq!(records.len(), 2);
                 assert_eq!(records[0].source, "push");

@@ -9,10 +9,8 @@ use super::checkpoint::JOURNALD_KEY;
 use super::config::{JournaldConfig, StartAt};
 use super::parse::{self, Bounds, Raw};
 use super::tail::{Chunk, RateLimit, CHUNK_RECORDS};
-use super::{count_marks, nap, send};
+use super::{count_marks, nap, Sink};
 use crate::buffer::Buffer;
-use crate::collector::Output;
-use crate::metrics::AgentMetrics;
 use fleetwatch_common::model::{LogLevel, LogRecord};
 use serde_json::{Map, Value};
 use std::io::{BufRead, BufReader};
@@ -138,14 +136,8 @@ pub fn entry(line: &str, bounds: &Bounds) -> Option<(LogRecord, parse::Marks, St
 
 /// Runs the journal source until `stop`: (re)starts `journalctl` after the saved cursor and
 /// hands entries to the collector with the cursor of the last one.
-pub fn run(
-    cfg: &JournaldConfig,
-    bounds: Bounds,
-    buffer: &Buffer,
-    out: &Output,
-    metrics: &AgentMetrics,
-    stop: &AtomicBool,
-) {
+pub fn run(cfg: &JournaldConfig, bounds: Bounds, buffer: &Buffer, sink: &Sink, stop: &AtomicBool) {
+    let metrics = &sink.metrics;
     if let Some(why) = unavailable(&cfg.journalctl) {
         tracing::warn!(reason = %why, "journald log source skipped");
         metrics
@@ -199,7 +191,7 @@ pub fn run(
                 }
             }
         });
-        let ended = follow(&rx, &bounds, &mut rate, out, metrics, stop);
+        let ended = follow(&rx, &bounds, &mut rate, sink, stop);
         let _ = child.kill();
         let _ = child.wait();
         drop(rx);
@@ -229,10 +221,10 @@ fn follow(
     rx: &mpsc::Receiver<String>,
     bounds: &Bounds,
     rate: &mut RateLimit,
-    out: &Output,
-    metrics: &AgentMetrics,
+    sink: &Sink,
     stop: &AtomicBool,
 ) -> Ended {
+    let metrics = &sink.metrics;
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ended::Stopped;
@@ -277,7 +269,7 @@ fn follow(
                 .checkpoints
                 .insert(JOURNALD_KEY.to_vec(), Some(c.into_bytes()));
         }
-        if !chunk.is_empty() && !send(out, metrics, SOURCE, chunk) {
+        if !chunk.is_empty() && !sink.send(SOURCE, chunk, stop) {
             return Ended::Stopped;
         }
         if exited {

@@ -20,7 +20,7 @@ use crate::metrics::AgentMetrics;
 use config::LogsConfig;
 use fleetwatch_common::model::LogRecord;
 use parse::{Bounds, Marks, Raw};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tail::{Chunk, FileTailer};
@@ -73,21 +73,49 @@ pub fn count_marks(metrics: &AgentMetrics, source: &str, marks: &Marks) {
     }
 }
 
-/// Hands records and checkpoints to the collector, counting the records; false once the
-/// collector is gone.
-fn send(out: &Output, metrics: &AgentMetrics, source: &str, mut chunk: Chunk) -> bool {
-    let n = chunk.records.len() as u64;
-    let checkpoints = chunk.take_checkpoints();
-    let ok = out
-        .blocking_send(Collected::Logs {
-            records: chunk.records,
-            checkpoints,
-        })
-        .is_ok();
-    if ok {
-        metrics.log_records.with_label_values(&[source]).inc_by(n);
+/// Records at most in the channel to the collector from all log sources: beyond it a source
+/// waits (so a fast file does not fill the agent's memory ahead of the buffer).
+pub const MAX_QUEUED_RECORDS: usize = 8192;
+
+/// Where log sources hand their chunks, with the shared count of records in flight.
+#[derive(Clone)]
+pub struct Sink {
+    out: Output,
+    queued: Arc<AtomicUsize>,
+    metrics: AgentMetrics,
+}
+
+impl Sink {
+    /// Hands records and checkpoints to the collector, counting the records; waits while
+    /// [`MAX_QUEUED_RECORDS`] are queued; false once the collector is gone or `stop` is set.
+    fn send(&self, source: &str, mut chunk: Chunk, stop: &AtomicBool) -> bool {
+        while self.queued.load(Ordering::Relaxed) >= MAX_QUEUED_RECORDS {
+            if stop.load(Ordering::Relaxed) || self.out.is_closed() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let n = chunk.records.len();
+        let checkpoints = chunk.take_checkpoints();
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        let ok = self
+            .out
+            .blocking_send(Collected::Logs {
+                records: chunk.records,
+                checkpoints,
+                queued: Some(self.queued.clone()),
+            })
+            .is_ok();
+        if ok {
+            self.metrics
+                .log_records
+                .with_label_values(&[source])
+                .inc_by(n as u64);
+        } else {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+        }
+        ok
     }
-    ok
 }
 
 /// Sleeps `d` in short steps, returning early once `stop` is set.
@@ -120,6 +148,11 @@ impl LogSources {
     ) -> LogSources {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        let sink = Sink {
+            out,
+            queued: Arc::new(AtomicUsize::new(0)),
+            metrics: metrics.clone(),
+        };
         for source in &cfg.files {
             let tailer = match FileTailer::new(source, cfg, metrics.clone()) {
                 Ok(t) => t,
@@ -128,32 +161,30 @@ impl LogSources {
                     continue;
                 }
             };
-            let (buffer, out, metrics, stop) =
-                (buffer.clone(), out.clone(), metrics.clone(), stop.clone());
+            let (buffer, sink, stop) = (buffer.clone(), sink.clone(), stop.clone());
             let timing = (
                 secs(cfg.scan_interval_seconds),
                 secs(cfg.read_interval_seconds),
             );
             let spawned = std::thread::Builder::new()
                 .name(format!("logs-{}", tailer.name()))
-                .spawn(move || run_files(tailer, timing, &buffer, &out, &metrics, &stop));
+                .spawn(move || run_files(tailer, timing, &buffer, &sink, &stop));
             match spawned {
                 Ok(h) => threads.push(h),
                 Err(e) => tracing::error!(error = %e, "cannot start a log source thread"),
             }
         }
         if cfg.journald.enabled {
-            let (jcfg, buffer, out, metrics, stop2) = (
+            let (jcfg, buffer, sink, stop2) = (
                 cfg.journald.clone(),
                 buffer.clone(),
-                out.clone(),
-                metrics.clone(),
+                sink.clone(),
                 stop.clone(),
             );
             let bounds = bounds_for(cfg, journald::MAX_MESSAGE_BYTES);
             let spawned = std::thread::Builder::new()
                 .name("logs-journald".into())
-                .spawn(move || journald::run(&jcfg, bounds, &buffer, &out, &metrics, &stop2));
+                .spawn(move || journald::run(&jcfg, bounds, &buffer, &sink, &stop2));
             match spawned {
                 Ok(h) => threads.push(h),
                 Err(e) => tracing::error!(error = %e, "cannot start the journald thread"),
@@ -184,8 +215,7 @@ fn run_files(
     mut tailer: FileTailer,
     (scan_every, read_every): (Duration, Duration),
     buffer: &Buffer,
-    out: &Output,
-    metrics: &AgentMetrics,
+    sink: &Sink,
     stop: &AtomicBool,
 ) {
     let lookup = |k: &[u8]| buffer.checkpoint(k).ok().flatten();
@@ -201,7 +231,7 @@ fn run_files(
         }
         let read = tailer.read(now, &mut clock, &mut chunk);
         tailer.tick(now, &mut chunk);
-        if !chunk.is_empty() && !send(out, metrics, &name, chunk) {
+        if !chunk.is_empty() && !sink.send(&name, chunk, stop) {
             return;
         }
         if read == 0 {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 /// Bytes read from a file at once.
 const READ_BYTES: usize = 256 * 1024;
 /// A read round stops taking lines once a chunk holds this many records (the rest next round).
-pub const CHUNK_RECORDS: usize = 4096;
+pub const CHUNK_RECORDS: usize = 1024;
 /// How long a truncated file's old position is remembered to place its copy.
 const CANDIDATE_TTL: Duration = Duration::from_secs(120);
 
