@@ -106,6 +106,16 @@ fn print_eval_table(args: &Args, series: usize, ours: &EvalResult, theirs: Optio
         median(&ours.wall),
         None,
     );
+    row(
+        "notifier pass after a tick, every alert firing: the first (all new), CPU s",
+        ours.notify_first,
+        None,
+    );
+    row(
+        "notifier pass after a tick, every alert firing: later passes (median of 5), CPU s",
+        ours.notify_steady,
+        None,
+    );
     match theirs {
         Some(t) => {
             println!(
