@@ -1,5 +1,6 @@
 //! `fleetwatch-aggregator demo`: with no configuration, this host is up and its metrics are
-//! queryable within 20 seconds, and the admin token is written to DIR/admin.token.
+//! queryable within 20 seconds, the admin token is written to DIR/admin.token, and (where the
+//! test may write to /var/log) a line appended to a new `/var/log/*.log` file is searchable.
 
 mod support;
 
@@ -72,9 +73,46 @@ fn demo_shows_this_host_within_20_seconds() {
         std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    assert!(
+        printed.contains("/v1/metrics"),
+        "the demo prints the push listener"
+    );
     // Without the token the API refuses.
     let (code, _) = http_get_with(http, "/api/v1/query?query=up", "wrong-token-000000").unwrap();
     assert_eq!(code, 401);
+
+    // The demo tails /var/log/*.log with no configuration: a new file's line is found.
+    let marker = format!("fleetwatch-demo-test-{}", std::process::id());
+    let path = std::path::PathBuf::from(format!("/var/log/{marker}.log"));
+    if std::fs::write(&path, format!("ERROR {marker} appended by the demo test\n")).is_err() {
+        eprintln!("SKIPPED the demo's log check: /var/log is not writable here");
+        return;
+    }
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = RemoveOnDrop(path);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        let (code, body) = http_get_with(
+            http,
+            &format!("/api/logs/query?contains={}", urlencode(&marker)),
+            token.trim(),
+        )
+        .unwrap();
+        if code == 200 && body.contains(&format!("{marker} appended")) {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the line in /var/log/{marker}.log never reached the log store: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(found.contains("\"error\""), "level detected: {found}");
 }
 
 struct KillOnDrop(std::process::Child);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 /// The fleet view of an alert: Prometheus' fields plus fingerprint, acknowledgement, muting,
 /// firing and resolution times.
-fn fleet_alert_json(state: &AppState, a: &Alert, all: &[Alert], now: i64) -> Value {
+fn fleet_alert_json(state: &AppState, a: &Alert, muted: Option<String>) -> Value {
     let mut v = alert_json(a);
     if a.state == AlertState::Inactive {
         v["state"] = "resolved".into();
@@ -30,7 +30,7 @@ fn fleet_alert_json(state: &AppState, a: &Alert, all: &[Alert], now: i64) -> Val
         Some(ack) => json!({ "by": ack.by, "at": rfc3339(ack.at_ms), "comment": ack.comment }),
         None => Value::Null,
     };
-    v["muted"] = state.notifier.muted_reason(a, all, now).into();
+    v["muted"] = muted.into();
     v
 }
 
@@ -184,7 +184,7 @@ pub(super) async fn fleet_alerts(
     let host = get("host");
     let all = state.rules.alerts();
     let now = now_ms();
-    let alerts: Vec<Value> = all
+    let chosen: Vec<&Alert> = all
         .iter()
         .filter(|a| {
             want_state.as_deref().is_none_or(|s| {
@@ -196,7 +196,12 @@ pub(super) async fn fleet_alerts(
                     .as_ref()
                     .is_none_or(|h| a.labels.get("host") == Some(h))
         })
-        .map(|a| fleet_alert_json(&state, a, &all, now))
+        .collect();
+    let muted = state.notifier.muted_reasons(&chosen, &all, now);
+    let alerts: Vec<Value> = chosen
+        .iter()
+        .zip(muted)
+        .map(|(a, m)| fleet_alert_json(&state, a, m))
         .collect();
     Ok(Json(
         json!({ "status": "success", "data": { "alerts": alerts } }),

@@ -536,8 +536,9 @@ impl Notifier {
         s
     }
 
-    /// Why an alert is muted, for the API.
-    pub fn muted_reason(&self, a: &Alert, all: &[Alert], now: i64) -> Option<String> {
+    /// Why each of `alerts` is muted (silenced or inhibited by one of `all`), for the API:
+    /// the active silences and the inhibiting alerts are found once for the whole list.
+    pub fn muted_reasons(&self, alerts: &[&Alert], all: &[Alert], now: i64) -> Vec<Option<String>> {
         let silences = active_silences(
             &self
                 .state
@@ -546,7 +547,11 @@ impl Notifier {
                 .silences,
             now,
         );
-        self.muted(a, &silences, &self.inhibitors(all))
+        let inhibitors = self.inhibitors(all);
+        alerts
+            .iter()
+            .map(|a| self.muted(a, &silences, &inhibitors))
+            .collect()
     }
 
     /// The alert history, newest first.
@@ -684,15 +689,13 @@ mod tests {
         down_a.labels.insert("alertname".into(), "HostDown".into());
         let all = [cpu_a.clone(), cpu_b.clone(), down_a.clone()];
         assert_eq!(
-            n.muted_reason(&cpu_a, &all, 0).as_deref(),
-            Some("inhibited")
+            n.muted_reasons(&[&cpu_a, &cpu_b, &down_a], &all, 0),
+            vec![Some("inhibited".to_string()), None, None]
         );
-        assert_eq!(n.muted_reason(&cpu_b, &all, 0), None);
-        assert_eq!(n.muted_reason(&down_a, &all, 0), None);
         // a pending HostDown inhibits nothing
         down_a.state = AlertState::Pending;
         let all = [cpu_a.clone(), down_a];
-        assert_eq!(n.muted_reason(&cpu_a, &all, 0), None);
+        assert_eq!(n.muted_reasons(&[&cpu_a], &all, 0), vec![None]);
     }
 
     #[test]
