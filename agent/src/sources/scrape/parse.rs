@@ -609,6 +609,40 @@ q_gcount 3\n\
     }
 
     #[test]
+    fn known_series_texts_skip_labels_but_not_checks() {
+        struct Knows(Vec<String>, Vec<(String, Option<usize>, f64)>);
+        impl<'a> Visitor<'a> for Knows {
+            fn is_known(&mut self, text: &'a str) -> bool {
+                self.0.iter().any(|k| k == text)
+            }
+            fn sample(&mut self, line: SampleLine<'a>) {
+                let labels = line.labels.map(|l| l.len());
+                self.1
+                    .push((line.series_text.to_string(), labels, line.value));
+            }
+        }
+        let known = vec!["a{x=\"}\\\"\"}".to_string(), "b{y=\"1\"}".to_string()];
+        let mut v = Knows(known.clone(), Vec::new());
+        let body = "a{x=\"}\\\"\"} 1\nb{y=\"1\"}  2 5\nc{z=\"1\"} 3\nd 4\n";
+        assert_eq!(visit(body, Format::PrometheusText, &mut v).unwrap(), 4);
+        assert_eq!(
+            v.1,
+            vec![
+                (known[0].clone(), None, 1.0),
+                (known[1].clone(), None, 2.0),
+                ("c{z=\"1\"}".to_string(), Some(1), 3.0),
+                ("d".to_string(), Some(0), 4.0),
+            ]
+        );
+        // a known text does not excuse the rest of the line
+        let mut v = Knows(known, Vec::new());
+        let err = visit("b{y=\"1\"} x\n", Format::PrometheusText, &mut v).unwrap_err();
+        assert!(err.message.contains("invalid value"), "{err}");
+        let err = visit("b{y=\"1\"}2\n", Format::PrometheusText, &mut v).unwrap_err();
+        assert!(err.message.contains("expected a space"), "{err}");
+    }
+
+    #[test]
     fn comments_and_crlf_are_accepted() {
         let s = parse("# just a comment\r\na 1\r\n#\n", Format::PrometheusText).unwrap();
         assert_eq!(s.len(), 1);
