@@ -7,12 +7,10 @@ mod support;
 
 use serde_json::Value;
 use std::io::Write;
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::live::{connect, Feed};
 use support::{http_post, urlencode, Fleet, TOKEN};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::Message;
 
 fn logs_config(file: &Path, push_port: u16) -> String {
     format!(
@@ -218,36 +216,18 @@ fn trace_id_search_across_two_agents_and_the_live_tail() {
     assert!(reply.contains("message"), "{reply}");
 
     // the live tail shows a line appended to web-1's file
-    let url = format!(
-        "ws://127.0.0.1:{}/api/fleet/live?access_token={TOKEN}&topics=logs&contains=tail-new",
-        fleet.http_port
+    let mut feed = Feed::new(
+        connect(
+            fleet.http_port,
+            &format!("?access_token={TOKEN}&topics=logs&contains=tail-new"),
+            None,
+        )
+        .unwrap(),
     );
-    let stream = TcpStream::connect(("127.0.0.1", fleet.http_port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let (mut socket, _) = tungstenite::client(url.into_client_request().unwrap(), stream).unwrap();
     append(&fleet.path("web-1.log"), b"2024-05-01 INFO tail-new line\n");
     let written = Instant::now();
-    let deadline = written + Duration::from_secs(30);
-    let mut got = Vec::new();
-    while Instant::now() < deadline && got.is_empty() {
-        match socket.read() {
-            Ok(Message::Text(text)) => {
-                let v: Value = serde_json::from_str(&text).unwrap();
-                if v["type"] == "logs" {
-                    got.extend(v["records"].as_array().unwrap().iter().cloned());
-                }
-            }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("live feed failed: {e}"),
-        }
-    }
+    let first = feed.get("the appended line", |v| v["type"] == "logs");
+    let got: Vec<Value> = first["records"].as_array().unwrap().clone();
     eprintln!(
         "live tail: the appended line arrived {:?} after it was written",
         written.elapsed()
@@ -256,7 +236,7 @@ fn trace_id_search_across_two_agents_and_the_live_tail() {
     assert_eq!(got[0]["message"], "2024-05-01 INFO tail-new line");
     assert_eq!(got[0]["host"], "web-1");
     assert_eq!(got[0]["level"], "info");
-    let _ = socket.close(None);
+    let _ = feed.socket.close(None);
     for a in agents {
         a.stop();
     }

@@ -5,11 +5,8 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use support::live::{connect, Feed};
 use support::{http_request, Fleet, TOKEN};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::{Message, WebSocket};
 
 const RULES: &str = r#"groups:
   - name: live
@@ -23,82 +20,6 @@ const RULES: &str = r#"groups:
         annotations:
           summary: "{{ $labels.host }} is up"
 "#;
-
-type Socket = WebSocket<TcpStream>;
-
-/// Connects to the live feed; the token goes in the query (as a browser must) unless `header`.
-fn connect(fleet: &Fleet, query: &str, header: bool) -> Result<Socket, tungstenite::Error> {
-    let url = format!("ws://127.0.0.1:{}/api/fleet/live{query}", fleet.http_port);
-    let mut request = url.into_client_request()?;
-    if header {
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {TOKEN}").parse().expect("valid header"),
-        );
-    }
-    let stream = TcpStream::connect(("127.0.0.1", fleet.http_port))?;
-    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
-    tungstenite::client(request, stream)
-        .map(|(socket, _)| socket)
-        .map_err(|e| match e {
-            tungstenite::HandshakeError::Failure(e) => e,
-            tungstenite::HandshakeError::Interrupted(_) => {
-                tungstenite::Error::Io(std::io::ErrorKind::WouldBlock.into())
-            }
-        })
-}
-
-/// A client's view of the feed: every message received so far, in order.
-struct Feed {
-    socket: Socket,
-    log: Vec<Value>,
-}
-
-impl Feed {
-    fn new(socket: Socket) -> Feed {
-        Feed {
-            socket,
-            log: Vec::new(),
-        }
-    }
-
-    /// The position of the first message (received or yet to come) that satisfies `want`.
-    fn wait(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> usize {
-        if let Some(i) = self.log.iter().position(&want) {
-            return i;
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            match self.socket.read() {
-                Ok(Message::Text(text)) => {
-                    let v: Value = serde_json::from_str(&text).expect("the feed sends JSON");
-                    self.log.push(v);
-                    if want(&self.log[self.log.len() - 1]) {
-                        return self.log.len() - 1;
-                    }
-                }
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("live feed failed while waiting for {what}: {e}"),
-            }
-        }
-        panic!("no {what} within 60 s; got {:#?}", self.log);
-    }
-
-    /// The first message that satisfies `want`.
-    fn get(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
-        let i = self.wait(what, want);
-        self.log[i].clone()
-    }
-
-    fn send(&mut self, text: &str) {
-        self.socket.send(Message::Text(text.into())).unwrap();
-    }
-}
 
 fn alert_event(event: &'static str) -> impl Fn(&Value) -> bool {
     move |v| {
@@ -139,7 +60,7 @@ fn live_feed_sends_hosts_and_alert_events() {
             400,
         ),
     ] {
-        match connect(&fleet, query, false) {
+        match connect(fleet.http_port, query, None) {
             Err(tungstenite::Error::Http(resp)) => {
                 assert_eq!(resp.status().as_u16(), code, "{query}");
                 let body =
@@ -156,8 +77,9 @@ fn live_feed_sends_hosts_and_alert_events() {
     }
 
     // a browser-style client (token in the query) and a tool-style one (header)
-    let mut browser = Feed::new(connect(&fleet, &format!("?access_token={TOKEN}"), false).unwrap());
-    let mut tool = Feed::new(connect(&fleet, "", true).unwrap());
+    let mut browser =
+        Feed::new(connect(fleet.http_port, &format!("?access_token={TOKEN}"), None).unwrap());
+    let mut tool = Feed::new(connect(fleet.http_port, "", Some(TOKEN)).unwrap());
     let snapshot = browser.get("the snapshot", |v| v["type"] == "snapshot");
     assert_eq!(snapshot["hosts"], json!([]));
     assert_eq!(snapshot["alerts"], json!([]));

@@ -8,11 +8,9 @@ mod support;
 use fleetwatch_common::model::{Batch, Lane, LogLevel, LogRecord};
 use serde_json::Value;
 use std::collections::HashSet;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
+use support::live::{connect, Feed};
 use support::{ship_in_order, urlencode, Fleet, TOKEN};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::Message;
 
 const NS: i64 = 1_000_000_000;
 
@@ -298,16 +296,17 @@ fn logs_of_two_hosts_are_searched_paged_counted_and_tailed() {
     );
 
     // the live tail: a new matching record arrives; others are filtered out
-    let url = format!(
-        "ws://127.0.0.1:{}/api/fleet/live?access_token={TOKEN}&topics=logs&selector={}&contains=tail-me",
-        fleet.http_port,
-        urlencode(r#"{host="web-2"}"#)
+    let mut feed = Feed::new(
+        connect(
+            fleet.http_port,
+            &format!(
+                "?access_token={TOKEN}&topics=logs&selector={}&contains=tail-me",
+                urlencode(r#"{host="web-2"}"#)
+            ),
+            None,
+        )
+        .unwrap(),
     );
-    let stream = TcpStream::connect(("127.0.0.1", fleet.http_port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let (mut socket, _) = tungstenite::client(url.into_client_request().unwrap(), stream).unwrap();
     ship_in_order(
         &fleet,
         "web-1",
@@ -327,26 +326,8 @@ fn logs_of_two_hosts_are_searched_paged_counted_and_tailed() {
         ])],
     );
     let acknowledged = Instant::now();
-    let deadline = acknowledged + Duration::from_secs(30);
-    let mut got = Vec::new();
-    while Instant::now() < deadline {
-        match socket.read() {
-            Ok(Message::Text(text)) => {
-                let v: Value = serde_json::from_str(&text).unwrap();
-                if v["type"] == "logs" {
-                    got.extend(v["records"].as_array().unwrap().iter().cloned());
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("live feed failed: {e}"),
-        }
-    }
+    let first = feed.get("the tailed record", |v| v["type"] == "logs");
+    let got: Vec<Value> = first["records"].as_array().unwrap().clone();
     eprintln!(
         "live tail: record received {:?} after its acknowledgement",
         acknowledged.elapsed()
@@ -354,7 +335,7 @@ fn logs_of_two_hosts_are_searched_paged_counted_and_tailed() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["message"], "tail-me from web-2");
     assert_eq!(got[0]["level"], "error");
-    let _ = socket.close(None);
+    let _ = feed.socket.close(None);
     assert!(fleet.own_metric("fleetwatch_live_messages_total{topic=\"logs\"}") >= 1.0);
 }
 

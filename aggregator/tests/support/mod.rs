@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod live;
+
 use fleetwatch_common::pki;
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
