@@ -211,22 +211,55 @@ fn merge_sources(
     if sources.len() == 1 {
         return sources.into_iter().next().unwrap_or_default();
     }
-    let mut by_series: BTreeMap<Series, (MetricKind, Vec<Sample>)> = BTreeMap::new();
+    // each series' pieces, in the sources' order (a later one wins on equal timestamps)
+    let mut by_series: BTreeMap<Series, (MetricKind, Vec<Vec<Sample>>)> = BTreeMap::new();
     for source in sources {
         for (s, kind, samples) in source {
+            if samples.is_empty() {
+                continue;
+            }
             match by_series.get_mut(&s) {
                 Some(entry) => {
                     entry.0 = kind;
-                    let base = std::mem::take(&mut entry.1);
-                    entry.1 = head::merge(base, &samples);
+                    entry.1.push(samples);
                 }
                 None => {
-                    by_series.insert(s, (kind, samples));
+                    by_series.insert(s, (kind, vec![samples]));
                 }
             }
         }
     }
-    by_series.into_iter().map(|(s, (k, v))| (s, k, v)).collect()
+    by_series
+        .into_iter()
+        .map(|(s, (k, pieces))| (s, k, merge_pieces(pieces)))
+        .collect()
+}
+
+/// One series' samples from its pieces (each sorted; a later piece wins on equal timestamps).
+/// Pieces from blocks of different windows do not overlap: sorted by start time they are
+/// concatenated once, whatever order the blocks were written in (history loaded after live
+/// data has older windows in newer blocks). Overlapping pieces are merged in order.
+fn merge_pieces(mut pieces: Vec<Vec<Sample>>) -> Vec<Sample> {
+    if pieces.len() == 1 {
+        return pieces.pop().unwrap_or_default();
+    }
+    let start = |p: &Vec<Sample>| p.first().map_or(i64::MAX, |s| s.timestamp_ms);
+    let end = |p: &Vec<Sample>| p.last().map_or(i64::MIN, |s| s.timestamp_ms);
+    let mut order: Vec<usize> = (0..pieces.len()).collect();
+    order.sort_by_key(|&i| start(&pieces[i]));
+    let disjoint = order
+        .windows(2)
+        .all(|w| end(&pieces[w[0]]) < start(&pieces[w[1]]));
+    if disjoint {
+        let mut out = Vec::with_capacity(pieces.iter().map(Vec::len).sum());
+        for i in order {
+            out.append(&mut pieces[i]);
+        }
+        return out;
+    }
+    pieces
+        .into_iter()
+        .fold(Vec::new(), |acc, piece| head::merge(acc, &piece))
 }
 
 impl Storage {
@@ -991,6 +1024,35 @@ impl crate::promql::SeriesSource for Storage {
 
 #[cfg(test)]
 mod tests {
+
+    fn pts(ts: &[(i64, f64)]) -> Vec<Sample> {
+        ts.iter()
+            .map(|&(timestamp_ms, value)| Sample {
+                timestamp_ms,
+                value,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pieces_of_windows_written_out_of_time_order_come_back_in_order() {
+        // the live window's block first, then older days loaded later
+        let got = merge_pieces(vec![
+            pts(&[(500, 5.0), (600, 6.0)]),
+            pts(&[(100, 1.0), (200, 2.0)]),
+            pts(&[(300, 3.0)]),
+        ]);
+        assert_eq!(
+            got,
+            pts(&[(100, 1.0), (200, 2.0), (300, 3.0), (500, 5.0), (600, 6.0)])
+        );
+        // overlapping pieces: merged, the later piece winning on equal timestamps
+        let got = merge_pieces(vec![
+            pts(&[(100, 1.0), (200, 2.0)]),
+            pts(&[(200, 20.0), (300, 30.0)]),
+        ]);
+        assert_eq!(got, pts(&[(100, 1.0), (200, 20.0), (300, 30.0)]));
+    }
     use super::*;
     use fleetwatch_common::model::{Label, Lane};
     use promql_parser::label::MatchOp;
