@@ -394,43 +394,142 @@ pub(super) fn scalar_series(times: &[i64], values: Vec<f64>) -> RangeSeries {
     }
 }
 
-/// Regroups per-step vectors into series, ordered by labels.
-pub(super) fn to_series(times: &[i64], steps: Vec<Vector>) -> Vec<RangeSeries> {
-    let mut by_labels: HashMap<Labels, Vec<fleetwatch_common::model::Sample>> = HashMap::new();
-    for (&t, vec) in times.iter().zip(steps) {
-        for e in vec {
-            by_labels
-                .entry(e.labels)
-                .or_default()
-                .push(fleetwatch_common::model::Sample {
-                    timestamp_ms: t,
-                    value: e.value,
-                });
+/// Hashes an address: label sets are looked up by the address of their shared allocation.
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl std::hash::Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         }
     }
-    let mut out: Vec<RangeSeries> = by_labels
-        .into_iter()
-        .map(|(labels, samples)| RangeSeries { labels, samples })
-        .collect();
-    out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    out
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Numbers the distinct label sets of a query's steps. Most elements share their label set's
+/// allocation from step to step (a selected series, a function's cached output), so a set is
+/// found by its address and hashed by content only the first time an address is seen.
+#[derive(Default)]
+struct LabelIds {
+    by_address: HashMap<usize, usize, std::hash::BuildHasherDefault<AddressHasher>>,
+    by_content: HashMap<Labels, usize>,
+    /// Every label set seen, so that no address is freed and reused while numbered.
+    kept: Vec<Labels>,
+}
+
+impl LabelIds {
+    /// The number of `labels`' content (new numbers from 0 up).
+    fn id(&mut self, labels: &Labels) -> usize {
+        let address = std::sync::Arc::as_ptr(labels) as *const u8 as usize;
+        if let Some(&id) = self.by_address.get(&address) {
+            return id;
+        }
+        let next = self.by_content.len();
+        let id = *self.by_content.entry(labels.clone()).or_insert(next);
+        self.by_address.insert(address, id);
+        self.kept.push(labels.clone());
+        id
+    }
+}
+
+/// Regroups per-step vectors into series, ordered by labels.
+pub(super) fn to_series(times: &[i64], steps: Vec<Vector>) -> Vec<RangeSeries> {
+    let mut ids = LabelIds::default();
+    let mut series: Vec<RangeSeries> = Vec::new();
+    for (&t, vec) in times.iter().zip(steps) {
+        for e in vec {
+            let id = ids.id(&e.labels);
+            if id == series.len() {
+                series.push(RangeSeries {
+                    labels: e.labels,
+                    samples: Vec::new(),
+                });
+            }
+            series[id].samples.push(fleetwatch_common::model::Sample {
+                timestamp_ms: t,
+                value: e.value,
+            });
+        }
+    }
+    series.sort_by(|a, b| a.labels.cmp(&b.labels));
+    series
 }
 
 /// Prometheus refuses a result in which two elements of one step have the same labels.
 pub(super) fn check_unique(steps: &[Vector]) -> Result<(), QueryError> {
-    let mut seen = std::collections::HashSet::new();
-    for vec in steps {
+    let mut ids = LabelIds::default();
+    // the step in which each label set was last seen
+    let mut seen_in: Vec<usize> = Vec::new();
+    for (step, vec) in steps.iter().enumerate() {
         if vec.len() < 2 {
             continue;
         }
-        seen.clear();
         for e in vec {
-            if !seen.insert(&e.labels) {
+            let id = ids.id(&e.labels);
+            if id == seen_in.len() {
+                seen_in.push(usize::MAX);
+            }
+            if seen_in[id] == step {
                 return Err(QueryError::Execution(
                     "vector cannot contain metrics with the same labelset".into(),
                 ));
             }
+            seen_in[id] = step;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::promql::value::Elem;
+    use fleetwatch_common::model::Label;
+
+    fn labels(host: &str) -> Labels {
+        Labels::from(vec![Label::new("host", host)])
+    }
+
+    fn elem(labels: &Labels, value: f64) -> Elem {
+        Elem {
+            labels: labels.clone(),
+            value,
+        }
+    }
+
+    #[test]
+    fn equal_label_sets_in_separate_allocations_are_one_series_and_a_duplicate() {
+        let a = labels("a");
+        let a_again = labels("a");
+        let b = labels("b");
+        let steps = vec![
+            vec![elem(&b, 1.0), elem(&a, 2.0)],
+            vec![elem(&a_again, 3.0)],
+        ];
+        let series = to_series(&[10, 20], steps);
+        assert_eq!(series.len(), 2);
+        assert_eq!(series[0].labels, a);
+        assert_eq!(
+            series[0]
+                .samples
+                .iter()
+                .map(|s| (s.timestamp_ms, s.value))
+                .collect::<Vec<_>>(),
+            vec![(10, 2.0), (20, 3.0)]
+        );
+        assert!(check_unique(&[
+            vec![elem(&a, 1.0), elem(&b, 2.0)],
+            vec![elem(&a, 1.0), elem(&b, 2.0)]
+        ])
+        .is_ok());
+        assert!(check_unique(&[vec![elem(&a, 1.0), elem(&a_again, 2.0)]]).is_err());
+    }
 }
