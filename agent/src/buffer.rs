@@ -1,7 +1,14 @@
 //! The agent's durable, bounded batch buffer on sled.
 //!
 //! Keys are sequence numbers (8 bytes big-endian, so iteration is in sequence order); values are
-//! `[lane tag][created_ms i64 BE][frame]`. Sequence numbers start at 1 and are never reused, also
+//! `[lane tag | 0x80][created_ms i64 BE][frame length u64 BE]`, and the frame itself is kept in
+//! the `batch_chunks` tree in pieces of [`CHUNK_BYTES`] under `seq ++ index (u32 BE)`, written and
+//! removed in the same transaction as its head. Small pieces keep every sled node under sled's
+//! blob threshold (a quarter of its 512 KiB segment): a node holding 1 MiB frames went to a blob
+//! file that sled 0.34 never deleted once the node was rewritten, and the log segments pointing at
+//! them were never reclaimed, so disk use and the memory sled keeps per segment grew with every
+//! batch ever shipped. Entries written by older versions (`[lane tag][created_ms][frame]`, the
+//! frame inline) are still read and removed. Sequence numbers start at 1 and are never reused, also
 //! across restarts and after the buffer emptied: the next one is stored in the same transaction
 //! as the entry. A push returns once sled has flushed (fsync), so a batch "in the buffer"
 //! survives `kill -9`. Bounds: bytes (oldest dropped first) and age; every drop is counted and
@@ -23,6 +30,13 @@ use tracing::warn;
 
 const NEXT_SEQ_KEY: &[u8] = b"next_seq";
 const VALUE_HEADER: usize = 9;
+/// Head value length of a chunked entry: lane tag, created_ms, frame length.
+const CHUNKED_HEADER: usize = 17;
+/// Marks a head whose frame is in the chunk tree.
+const CHUNKED_FLAG: u8 = 0x80;
+/// Bytes of a frame per chunk: 17 of them (a full sled leaf) stay well below sled's blob
+/// threshold of 128 KiB.
+pub const CHUNK_BYTES: usize = 4096;
 
 /// Bounds and cache.
 #[derive(Debug, Clone)]
@@ -105,6 +119,7 @@ pub struct Buffer {
     data: sled::Tree,
     meta: sled::Tree,
     checkpoints: sled::Tree,
+    chunks: sled::Tree,
     config: BufferConfig,
     bytes: AtomicU64,
     count: AtomicU64,
@@ -116,18 +131,52 @@ pub struct Buffer {
     last_warn: Mutex<Option<Instant>>,
 }
 
-fn parse(seq: u64, v: &[u8]) -> Option<Entry> {
+/// A decoded head value: where the frame is and how many bytes the entry counts for.
+struct Head<'a> {
+    lane: Lane,
+    created_ms: i64,
+    /// The frame, when stored inline (older versions).
+    inline: Option<&'a [u8]>,
+    /// The frame's length.
+    frame_len: u64,
+}
+
+impl Head<'_> {
+    /// Bytes counted against `max_bytes`: the same for both layouts.
+    fn size(&self) -> u64 {
+        VALUE_HEADER as u64 + self.frame_len
+    }
+}
+
+fn parse_head(v: &[u8]) -> Option<Head<'_>> {
     if v.len() < VALUE_HEADER {
         return None;
     }
-    let lane = Lane::from_tag(v[0])?;
     let created_ms = i64::from_be_bytes(v[1..9].try_into().ok()?);
-    Some(Entry {
-        seq,
-        lane,
+    if v[0] & CHUNKED_FLAG != 0 {
+        if v.len() != CHUNKED_HEADER {
+            return None;
+        }
+        return Some(Head {
+            lane: Lane::from_tag(v[0] & !CHUNKED_FLAG)?,
+            created_ms,
+            inline: None,
+            frame_len: u64::from_be_bytes(v[9..17].try_into().ok()?),
+        });
+    }
+    Some(Head {
+        lane: Lane::from_tag(v[0])?,
         created_ms,
-        frame: v[VALUE_HEADER..].to_vec(),
+        inline: Some(&v[VALUE_HEADER..]),
+        frame_len: (v.len() - VALUE_HEADER) as u64,
     })
+}
+
+fn chunk_key(seq: u64, index: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&seq.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
 }
 
 /// Opens sled, waiting briefly if a previous handle in this process is still releasing its file
@@ -164,12 +213,14 @@ impl Buffer {
         let data = db.open_tree("batches").map_err(err)?;
         let meta = db.open_tree("meta").map_err(err)?;
         let checkpoints = db.open_tree("checkpoints").map_err(err)?;
+        let chunks = db.open_tree("batch_chunks").map_err(err)?;
         let buffer = Buffer {
             path: path.to_path_buf(),
             db,
             data,
             meta,
             checkpoints,
+            chunks,
             config,
             bytes: AtomicU64::new(0),
             count: AtomicU64::new(0),
@@ -184,16 +235,19 @@ impl Buffer {
         let mut bad = Vec::new();
         for item in buffer.data.iter() {
             let (k, v) = item.map_err(err)?;
-            match key_seq(&k).and_then(|s| parse(s, &v)) {
-                Some(_) => {
-                    bytes += v.len() as u64;
+            match key_seq(&k).zip(parse_head(&v)) {
+                Some((_, head)) => {
+                    bytes += head.size();
                     count += 1;
                 }
                 None => bad.push(k),
             }
         }
         for k in bad {
-            buffer.data.remove(k).map_err(err)?;
+            buffer.data.remove(&k).map_err(err)?;
+            if let Some(seq) = key_seq(&k) {
+                buffer.remove_chunks(seq).map_err(err)?;
+            }
             buffer.corrupt.fetch_add(1, Ordering::Relaxed);
             warn!(path = %path.display(), "removed an unreadable buffer entry");
         }
@@ -237,19 +291,22 @@ impl Buffer {
         let _guard = self.push_lock.lock().unwrap_or_else(|p| p.into_inner());
         let seq = self.next_seq()?;
         let frame = encode(seq).map_err(|e| BufferError::Encode(seq, e.to_string()))?;
-        let mut value = Vec::with_capacity(VALUE_HEADER + frame.len());
-        value.push(lane.tag());
-        value.extend_from_slice(&created_ms.to_be_bytes());
-        value.extend_from_slice(&frame);
-        let size = value.len() as u64;
+        let mut head = Vec::with_capacity(CHUNKED_HEADER);
+        head.push(lane.tag() | CHUNKED_FLAG);
+        head.extend_from_slice(&created_ms.to_be_bytes());
+        head.extend_from_slice(&(frame.len() as u64).to_be_bytes());
+        let size = (VALUE_HEADER + frame.len()) as u64;
         if size > self.config.max_bytes {
             return Err(BufferError::TooLarge(size, self.config.max_bytes));
         }
         let key = seq.to_be_bytes();
         let next = (seq + 1).to_be_bytes();
-        (&self.data, &self.meta, &self.checkpoints)
-            .transaction(|(data, meta, cps)| {
-                data.insert(&key, value.as_slice())?;
+        (&self.data, &self.meta, &self.checkpoints, &self.chunks)
+            .transaction(|(data, meta, cps, chunks)| {
+                data.insert(&key, head.as_slice())?;
+                for (i, piece) in frame.chunks(CHUNK_BYTES).enumerate() {
+                    chunks.insert(&chunk_key(seq, i as u32), piece)?;
+                }
                 meta.insert(NEXT_SEQ_KEY, &next)?;
                 for (k, v) in checkpoints {
                     match v {
@@ -269,17 +326,15 @@ impl Buffer {
         self.count.fetch_add(1, Ordering::Relaxed);
         let mut dropped = Dropped::default();
         while self.bytes.load(Ordering::Relaxed) > self.config.max_bytes {
-            let Some((k, v)) = self.data.first().map_err(|e| self.err(e))? else {
+            let Some((k, _)) = self.data.first().map_err(|e| self.err(e))? else {
                 break;
             };
-            if key_seq(&k) == Some(seq) {
+            let Some(oldest) = key_seq(&k).filter(|&s| s != seq) else {
                 break;
-            }
-            if self.data.remove(&k).map_err(|e| self.err(e))?.is_some() {
-                self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
-                self.count.fetch_sub(1, Ordering::Relaxed);
+            };
+            if let Some(size) = self.remove_entry(oldest)? {
                 dropped.batches += 1;
-                dropped.bytes += v.len() as u64;
+                dropped.bytes += size;
             }
         }
         self.db.flush().map_err(|e| self.err(e))?;
@@ -352,7 +407,7 @@ impl Buffer {
         let Some(v) = self.data.get(seq.to_be_bytes()).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
-        match parse(seq, &v) {
+        match self.read_entry(seq, &v)? {
             Some(e) => Ok(Some(e)),
             None => {
                 self.remove(seq)?;
@@ -365,18 +420,98 @@ impl Buffer {
 
     /// Removes an acknowledged batch; false if it was not there.
     pub fn remove(&self, seq: u64) -> Result<bool, BufferError> {
-        match self
-            .data
-            .remove(seq.to_be_bytes())
-            .map_err(|e| self.err(e))?
-        {
-            Some(v) => {
-                self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
-                self.count.fetch_sub(1, Ordering::Relaxed);
-                Ok(true)
+        Ok(self.remove_entry(seq)?.is_some())
+    }
+
+    /// The frame of a head value: inline, or gathered from its chunks (`None` when they are
+    /// missing or do not add up).
+    fn read_entry(&self, seq: u64, v: &[u8]) -> Result<Option<Entry>, BufferError> {
+        let Some(head) = parse_head(v) else {
+            return Ok(None);
+        };
+        let frame = match head.inline {
+            Some(frame) => frame.to_vec(),
+            None => {
+                let mut frame = Vec::with_capacity(head.frame_len as usize);
+                for (i, item) in self.chunk_range(seq).enumerate() {
+                    let (k, piece) = item.map_err(|e| self.err(e))?;
+                    if k.as_ref() != chunk_key(seq, i as u32) {
+                        return Ok(None);
+                    }
+                    frame.extend_from_slice(&piece);
+                }
+                if frame.len() as u64 != head.frame_len {
+                    return Ok(None);
+                }
+                frame
             }
-            None => Ok(false),
+        };
+        Ok(Some(Entry {
+            seq,
+            lane: head.lane,
+            created_ms: head.created_ms,
+            frame,
+        }))
+    }
+
+    fn chunk_range(&self, seq: u64) -> sled::Iter {
+        self.chunks
+            .range(chunk_key(seq, 0)..=chunk_key(seq, u32::MAX))
+    }
+
+    /// Removes the chunks of `seq` (an entry whose head is already gone or unreadable).
+    fn remove_chunks(&self, seq: u64) -> Result<(), sled::Error> {
+        for item in self.chunk_range(seq) {
+            let (k, _) = item?;
+            self.chunks.remove(k)?;
         }
+        Ok(())
+    }
+
+    /// Removes the entry `seq` with its chunks in one transaction and updates the totals;
+    /// the bytes it counted for, `None` if it was not there.
+    fn remove_entry(&self, seq: u64) -> Result<Option<u64>, BufferError> {
+        let key = seq.to_be_bytes();
+        let Some(v) = self.data.get(key).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let pieces = match parse_head(&v) {
+            Some(Head {
+                inline: None,
+                frame_len,
+                ..
+            }) => frame_len.div_ceil(CHUNK_BYTES as u64),
+            _ => 0,
+        };
+        let removed = (&self.data, &self.chunks)
+            .transaction(|(data, chunks)| {
+                let removed = data.remove(&key)?;
+                if removed.is_some() {
+                    for i in 0..pieces {
+                        chunks.remove(&chunk_key(seq, i as u32))?;
+                    }
+                }
+                Ok::<_, ConflictableTransactionError<()>>(removed)
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => self.err(e),
+                TransactionError::Abort(()) => {
+                    self.err(sled::Error::Unsupported("transaction aborted".into()))
+                }
+            })?;
+        let Some(v) = removed else {
+            return Ok(None);
+        };
+        let size = match parse_head(&v) {
+            Some(head) => head.size(),
+            None => {
+                self.remove_chunks(seq).map_err(|e| self.err(e))?;
+                v.len() as u64
+            }
+        };
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        Ok(Some(size))
     }
 
     /// Drops entries created before `now_ms - max_age`.
@@ -386,23 +521,17 @@ impl Buffer {
         let mut old = Vec::new();
         for item in self.data.iter() {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            match key_seq(&k).and_then(|s| parse(s, &v)) {
-                Some(e) if e.created_ms < cutoff => old.push(e.seq),
+            match key_seq(&k).zip(parse_head(&v)) {
+                Some((seq, head)) if head.created_ms < cutoff => old.push(seq),
                 // Sequence order is creation order: stop at the first young entry.
                 Some(_) => break,
                 None => {}
             }
         }
         for seq in old {
-            if let Some(v) = self
-                .data
-                .remove(seq.to_be_bytes())
-                .map_err(|e| self.err(e))?
-            {
-                self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
-                self.count.fetch_sub(1, Ordering::Relaxed);
+            if let Some(size) = self.remove_entry(seq)? {
                 dropped.batches += 1;
-                dropped.bytes += v.len() as u64;
+                dropped.bytes += size;
             }
         }
         if dropped.batches > 0 {
@@ -574,6 +703,97 @@ mod tests {
         b.save_checkpoints(&[(b"f2".to_vec(), None)]).unwrap();
         assert_eq!(b.checkpoint(b"f2").unwrap(), None);
         assert_eq!(b.checkpoint_count(), 1);
+    }
+
+    fn dir_bytes(p: &Path) -> u64 {
+        let mut total = 0;
+        for e in std::fs::read_dir(p).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            total += if m.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                m.len()
+            };
+        }
+        total
+    }
+
+    /// Large batches pushed and acknowledged one after the other leave no sled blob files and
+    /// keep the files bounded (sled 0.34 never deleted the blob of a rewritten node, so 1 MiB
+    /// batches stored inline grew the directory by about 2 MiB per batch, forever).
+    #[test]
+    fn acknowledged_large_batches_do_not_grow_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b");
+        let b = Buffer::open(&p, cfg(64 << 20)).unwrap();
+        let frame: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut after_warmup = 0;
+        for i in 0..400u64 {
+            let cps = vec![(b"f".to_vec(), Some(i.to_be_bytes().to_vec()))];
+            let (seq, _) = b
+                .push_with_checkpoints(Lane::Logs, 0, &cps, |_| Ok::<_, String>(frame.clone()))
+                .unwrap();
+            if seq > 4 {
+                assert_eq!(b.get(seq - 4).unwrap().unwrap().frame, frame);
+                assert!(b.remove(seq - 4).unwrap());
+            }
+            if i == 50 {
+                after_warmup = dir_bytes(&p);
+            }
+        }
+        let blobs = std::fs::read_dir(p.join("blobs")).map_or(0, |d| d.count());
+        assert_eq!(blobs, 0, "sled blob files left behind");
+        // 350 more batches of 300 KB went through: 100 MB if nothing were reclaimed.
+        let end = dir_bytes(&p);
+        assert!(
+            end < after_warmup + (16 << 20),
+            "buffer files grew from {after_warmup} to {end} bytes"
+        );
+        assert_eq!(b.len(), 4);
+        assert_eq!(b.stats().bytes, 4 * (VALUE_HEADER + frame.len()) as u64);
+    }
+
+    /// An entry written by an older version (frame inline in the head value) is read, counted
+    /// and removed like a chunked one.
+    #[test]
+    fn inline_entries_from_older_versions_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b");
+        {
+            let b = Buffer::open(&p, cfg(1 << 20)).unwrap();
+            let mut v = vec![Lane::Logs.tag()];
+            v.extend_from_slice(&7i64.to_be_bytes());
+            v.extend_from_slice(b"old frame");
+            b.data.insert(3u64.to_be_bytes(), v).unwrap();
+            b.flush().unwrap();
+        }
+        let b = Buffer::open(&p, cfg(1 << 20)).unwrap();
+        assert_eq!(b.stats().bytes, (VALUE_HEADER + 9) as u64);
+        let e = b.get(3).unwrap().unwrap();
+        assert_eq!(
+            (e.lane, e.created_ms, &e.frame[..]),
+            (Lane::Logs, 7, &b"old frame"[..])
+        );
+        assert_eq!(push(&b, Lane::Metrics, &[5u8; 10_000]).0, 4);
+        assert_eq!(b.get(4).unwrap().unwrap().frame, vec![5u8; 10_000]);
+        assert!(b.remove(3).unwrap());
+        assert!(b.remove(4).unwrap());
+        assert_eq!(b.stats().bytes, 0);
+        assert_eq!(b.chunks.len(), 0);
+    }
+
+    /// A chunked entry missing a chunk is unreadable: removed and counted, not returned short.
+    #[test]
+    fn a_chunked_entry_missing_a_chunk_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Buffer::open(&dir.path().join("b"), cfg(1 << 20)).unwrap();
+        let seq = push(&b, Lane::Logs, &[1u8; 3 * CHUNK_BYTES]).0;
+        b.chunks.remove(chunk_key(seq, 1)).unwrap();
+        assert_eq!(b.get(seq).unwrap(), None);
+        assert_eq!(b.stats().corrupt_entries_total, 1);
+        assert!(b.is_empty());
+        assert_eq!(b.chunks.len(), 0);
     }
 
     #[derive(Debug, Clone)]
