@@ -226,6 +226,16 @@ pub async fn store_batch(
     store(buffer, metrics, wake, batch, Vec::new()).await
 }
 
+/// While connected, a log batch waits for the shipper as long as the buffer holds more than
+/// this: a file read faster than the aggregator takes it stays in the file (its position in the
+/// checkpoint) rather than in the buffer, whose sled cache grows with what it holds. Without a
+/// connection nothing waits: the buffer takes the backlog up to its bounds.
+pub const LOG_BACKLOG_WHILE_CONNECTED: u64 = 16 << 20;
+
+/// The longest a log batch waits for the backlog to drain (an aggregator that is connected but
+/// does not acknowledge must not stall the agent).
+const LOG_BACKLOG_WAIT: Duration = Duration::from_secs(5);
+
 /// Writes sealed log records with their checkpoints in one buffer transaction (or the
 /// checkpoints alone).
 pub async fn store_logs(
@@ -236,7 +246,16 @@ pub async fn store_logs(
 ) {
     let checkpoints: Vec<_> = sealed.checkpoints.into_iter().collect();
     match sealed.batch {
-        Some(batch) => store(buffer, metrics, wake, batch, checkpoints).await,
+        Some(batch) => {
+            let deadline = Instant::now() + LOG_BACKLOG_WAIT;
+            while metrics.connected.get() == 1
+                && buffer.stats().bytes > LOG_BACKLOG_WHILE_CONNECTED
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            store(buffer, metrics, wake, batch, checkpoints).await
+        }
         None => {
             let buf = buffer.clone();
             match tokio::task::spawn_blocking(move || buf.save_checkpoints(&checkpoints)).await {
