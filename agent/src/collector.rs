@@ -230,7 +230,7 @@ pub async fn store_batch(
 /// this: a file read faster than the aggregator takes it stays in the file (its position in the
 /// checkpoint) rather than in the buffer, whose sled cache grows with what it holds. Without a
 /// connection nothing waits: the buffer takes the backlog up to its bounds.
-pub const LOG_BACKLOG_WHILE_CONNECTED: u64 = 16 << 20;
+pub const LOG_BACKLOG_WHILE_CONNECTED: u64 = 4 << 20;
 
 /// The longest a log batch waits for the backlog to drain (an aggregator that is connected but
 /// does not acknowledge must not stall the agent).
