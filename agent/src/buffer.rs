@@ -21,7 +21,9 @@
 
 use fleetwatch_common::model::Lane;
 use fleetwatch_common::protocol::PendingBatches;
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -172,6 +174,20 @@ fn parse_head(v: &[u8]) -> Option<Head<'_>> {
     })
 }
 
+/// Writes checkpoint changes (a value, or `None` to remove the key) inside a transaction.
+fn apply_checkpoints(
+    cps: &TransactionalTree,
+    checkpoints: &[(Vec<u8>, Option<Vec<u8>>)],
+) -> Result<(), ConflictableTransactionError<()>> {
+    for (k, v) in checkpoints {
+        match v {
+            Some(v) => cps.insert(k.as_slice(), v.as_slice())?,
+            None => cps.remove(k.as_slice())?,
+        };
+    }
+    Ok(())
+}
+
 fn chunk_key(seq: u64, index: u32) -> [u8; 12] {
     let mut k = [0u8; 12];
     k[..8].copy_from_slice(&seq.to_be_bytes());
@@ -308,20 +324,10 @@ impl Buffer {
                     chunks.insert(&chunk_key(seq, i as u32), piece)?;
                 }
                 meta.insert(NEXT_SEQ_KEY, &next)?;
-                for (k, v) in checkpoints {
-                    match v {
-                        Some(v) => cps.insert(k.as_slice(), v.as_slice())?,
-                        None => cps.remove(k.as_slice())?,
-                    };
-                }
+                apply_checkpoints(cps, checkpoints)?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => self.err(e),
-                TransactionError::Abort(()) => {
-                    self.err(sled::Error::Unsupported("transaction aborted".into()))
-                }
-            })?;
+            .map_err(|e| self.tx_err(e))?;
         self.bytes.fetch_add(size, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
         let mut dropped = Dropped::default();
@@ -348,6 +354,16 @@ impl Buffer {
         Ok((seq, dropped))
     }
 
+    /// A failed sled transaction as a buffer error (our transactions never abort on purpose).
+    fn tx_err(&self, e: TransactionError<()>) -> BufferError {
+        match e {
+            TransactionError::Storage(e) => self.err(e),
+            TransactionError::Abort(()) => {
+                self.err(sled::Error::Unsupported("transaction aborted".into()))
+            }
+        }
+    }
+
     fn warn_drop(&self, reason: &str, d: Dropped) {
         let mut last = self.last_warn.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
@@ -370,20 +386,10 @@ impl Buffer {
     ) -> Result<(), BufferError> {
         self.checkpoints
             .transaction(|cps| {
-                for (k, v) in checkpoints {
-                    match v {
-                        Some(v) => cps.insert(k.as_slice(), v.as_slice())?,
-                        None => cps.remove(k.as_slice())?,
-                    };
-                }
+                apply_checkpoints(cps, checkpoints)?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => self.err(e),
-                TransactionError::Abort(()) => {
-                    self.err(sled::Error::Unsupported("transaction aborted".into()))
-                }
-            })?;
+            .map_err(|e| self.tx_err(e))?;
         self.db.flush().map_err(|e| self.err(e))?;
         Ok(())
     }
@@ -493,12 +499,7 @@ impl Buffer {
                 }
                 Ok::<_, ConflictableTransactionError<()>>(removed)
             })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => self.err(e),
-                TransactionError::Abort(()) => {
-                    self.err(sled::Error::Unsupported("transaction aborted".into()))
-                }
-            })?;
+            .map_err(|e| self.tx_err(e))?;
         let Some(v) = removed else {
             return Ok(None);
         };
