@@ -23,20 +23,6 @@ const RULES: &str = r#"groups:
         expr: count(up == 1)
 "#;
 
-/// A host is stale after 1 s without data and down after 2 s.
-fn fast_host_status(fleet: &Fleet) {
-    let toml = std::fs::read_to_string(fleet.path("aggregator.toml")).unwrap();
-    std::fs::write(
-        fleet.path("aggregator.toml"),
-        toml.replacen(
-            "[http]",
-            "[fleet]\nstale_after_seconds = 1\ndown_after_seconds = 2\n[http]",
-            1,
-        ),
-    )
-    .unwrap();
-}
-
 fn alerts(fleet: &Fleet, query: &str) -> Vec<serde_json::Value> {
     let (code, body) = fleet.http_get(query).unwrap();
     assert_eq!(code, 200, "{body}");
@@ -87,13 +73,8 @@ fn shipped_rules_load_in_promtool_and_in_fleetwatch() {
 #[test]
 fn host_down_fires_survives_a_restart_and_resolves() {
     let fleet = Fleet::new();
-    std::fs::write(fleet.path("rules.yml"), RULES).unwrap();
-    fleet.add_aggregator_config(&format!(
-        "[rules]\nfiles = [\"{}\"]\nevaluation_interval_seconds = 1.0\n",
-        fleet.path("rules.yml").display()
-    ));
-    // a host is stale after 1 s without data and down after 2 s
-    fast_host_status(&fleet);
+    fleet.use_rules(RULES);
+    fleet.fast_host_status();
     fleet.agent_config("web-1", 0.2, "");
     let agg = fleet.start_aggregator();
     let agent = fleet.start_agent("web-1");
@@ -303,7 +284,7 @@ receiver = "am"
         rules = fleet.path("rules.yml").display(),
         p = rx.port
     ));
-    fast_host_status(&fleet);
+    fleet.fast_host_status();
     fleet.agent_config("web-1", 0.2, "");
     let agg = fleet.start_aggregator();
     let agent = fleet.start_agent("web-1");

@@ -33,21 +33,8 @@ fn alert_event(event: &'static str) -> impl Fn(&Value) -> bool {
 #[test]
 fn live_feed_sends_hosts_and_alert_events() {
     let fleet = Fleet::new();
-    std::fs::write(fleet.path("rules.yml"), RULES).unwrap();
-    fleet.add_aggregator_config(&format!(
-        "[rules]\nfiles = [\"{}\"]\nevaluation_interval_seconds = 1.0\n",
-        fleet.path("rules.yml").display()
-    ));
-    let toml = std::fs::read_to_string(fleet.path("aggregator.toml")).unwrap();
-    std::fs::write(
-        fleet.path("aggregator.toml"),
-        toml.replacen(
-            "[http]",
-            "[fleet]\nstale_after_seconds = 1\ndown_after_seconds = 2\n[http]",
-            1,
-        ),
-    )
-    .unwrap();
+    fleet.use_rules(RULES);
+    fleet.fast_host_status();
     fleet.agent_config("web-1", 0.2, "");
     let agg = fleet.start_aggregator();
 

@@ -111,6 +111,29 @@ metrics_public = true
         std::fs::write(self.path("aggregator.toml"), text).unwrap();
     }
 
+    /// Loads `rules` (a rule file's YAML) evaluated every second.
+    pub fn use_rules(&self, rules: &str) {
+        std::fs::write(self.path("rules.yml"), rules).unwrap();
+        self.add_aggregator_config(&format!(
+            "[rules]\nfiles = [\"{}\"]\nevaluation_interval_seconds = 1.0\n",
+            self.path("rules.yml").display()
+        ));
+    }
+
+    /// A host is stale after 1 s without data and down after 2 s.
+    pub fn fast_host_status(&self) {
+        let toml = std::fs::read_to_string(self.path("aggregator.toml")).unwrap();
+        std::fs::write(
+            self.path("aggregator.toml"),
+            toml.replacen(
+                "[http]",
+                "[fleet]\nstale_after_seconds = 1\ndown_after_seconds = 2\n[http]",
+                1,
+            ),
+        )
+        .unwrap();
+    }
+
     pub fn start_aggregator(&self) -> Proc {
         let log = std::fs::OpenOptions::new()
             .create(true)
