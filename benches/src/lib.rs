@@ -1,2 +1,4 @@
 //! fleetwatch benchmarks: criterion benches of hot functions (`benches/`) and whole-system
 //! measurements (`src/bin/`) that run fleetwatch side by side with the system it is compared to.
+
+pub mod procfs;

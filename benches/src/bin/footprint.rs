@@ -8,6 +8,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use fleetwatch_benches::procfs::{cpu_seconds, free_port, status_kib};
 use fleetwatch_common::pki;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -37,23 +38,6 @@ impl Drop for Proc {
     }
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = s.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks as f64 / hz)
-}
-
 fn scrape(port: u16) -> anyhow::Result<usize> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     write!(
@@ -63,12 +47,6 @@ fn scrape(port: u16) -> anyhow::Result<usize> {
     let mut body = Vec::new();
     s.read_to_end(&mut body)?;
     Ok(body.len())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
@@ -148,8 +126,8 @@ fn main() -> anyhow::Result<()> {
             scrape(ne).context("scraping node_exporter")?;
             next_scrape += Duration::from_secs(10);
         }
-        a_rss.extend(rss_kib(agent_pid));
-        n_rss.extend(rss_kib(node_pid));
+        a_rss.extend(status_kib(agent_pid, "VmRSS:"));
+        n_rss.extend(status_kib(node_pid, "VmRSS:"));
         std::thread::sleep(Duration::from_secs(1));
     }
     let secs = start.elapsed().as_secs_f64();

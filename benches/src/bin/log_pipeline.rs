@@ -8,6 +8,7 @@
 
 use clap::Parser;
 use fleetwatch_aggregator::config::AggregatorConfig;
+use fleetwatch_benches::procfs::{cpu_seconds, status_kib};
 use fleetwatch_common::model::now_ms;
 use fleetwatch_common::pki;
 use std::io::{BufWriter, Read, Write};
@@ -86,34 +87,6 @@ fn tcp_copy_seconds(path: &Path) -> anyhow::Result<f64> {
     drop(s);
     let _ = sink.join();
     Ok(t.elapsed().as_secs_f64())
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / hz.max(1.0)
-}
-
-/// A `/proc/PID/status` value in KiB (VmRSS, VmHWM).
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn agent_binary() -> anyhow::Result<PathBuf> {
@@ -222,7 +195,7 @@ start_at = "beginning"
     let mut rss_max = 0u64;
     loop {
         let n = stored(&agg);
-        rss_max = rss_max.max(status_kib(pid, "VmRSS:"));
+        rss_max = rss_max.max(status_kib(pid, "VmRSS:").unwrap_or(0));
         if n >= args.lines {
             break;
         }
@@ -237,8 +210,8 @@ start_at = "beginning"
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let secs = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid);
-    let hwm = status_kib(pid, "VmHWM:");
+    let cpu = cpu_seconds(pid).unwrap_or(0.0);
+    let hwm = status_kib(pid, "VmHWM:").unwrap_or(0);
     let _ = child.kill();
     let _ = child.wait();
     agg.stop().await;

@@ -25,6 +25,7 @@ use fleetwatch_agent::shipper::Shipper;
 use fleetwatch_aggregator::config::AggregatorConfig;
 use fleetwatch_aggregator::remote_write::proto;
 use fleetwatch_aggregator::server::{self, RunningAggregator};
+use fleetwatch_benches::procfs::free_port;
 use fleetwatch_common::codec;
 use fleetwatch_common::model::{
     now_ms, Batch, HostFacts, Label, Lane, MetricKind, Sample, Series, SeriesSamples,
@@ -585,12 +586,6 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn wait_ready(client: &reqwest::Client, url: &str, p: &mut Proc) -> anyhow::Result<()> {
