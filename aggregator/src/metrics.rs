@@ -72,6 +72,8 @@ pub struct Metrics {
     pub live_clients: IntGauge,
     /// Live-feed messages a slow client missed.
     pub live_missed: IntCounter,
+    /// Messages from live-feed clients that were refused (not JSON, unknown topic).
+    pub live_refused: IntCounter,
     /// Log records stored since start.
     pub logstore_records: IntCounter,
     /// Log segment files.
@@ -132,6 +134,7 @@ impl Metrics {
             notification_attempts: reg!(IntCounterVec::new(Opts::new("fleetwatch_notification_attempts_total", "Alert notification delivery attempts, by receiver (retries included)."), &["receiver"])),
             live_messages: reg!(IntCounterVec::new(Opts::new("fleetwatch_live_messages_total", "Messages published on the live WebSocket feed, by topic (hosts, alerts, logs)."), &["topic"])),
             live_clients: reg!(IntGauge::new("fleetwatch_live_clients", "WebSocket clients connected to the live feed now.")),
+            live_refused: reg!(IntCounter::new("fleetwatch_live_refused_messages_total", "Messages from live-feed clients refused with an error reply (not JSON, not a subscription, unknown topic).")),
             live_missed: reg!(IntCounter::new("fleetwatch_live_missed_messages_total", "Live-feed messages that slow clients missed (they are told how many).")),
             logstore_records: reg!(IntCounter::new("fleetwatch_logstore_records_total", "Log records stored, since start.")),
             logstore_segments: reg!(IntGauge::new("fleetwatch_logstore_segments", "Log segment files.")),

@@ -80,6 +80,10 @@ fn live_feed_sends_hosts_and_alert_events() {
         error["error"].as_str().unwrap().contains("weather"),
         "{error}"
     );
+    assert_eq!(
+        fleet.own_metric("fleetwatch_live_refused_messages_total"),
+        1.0
+    );
 
     // the agent connects: the host appears in the hosts message; the alert goes pending,
     // then firing (after its `for`)

@@ -183,7 +183,10 @@ async fn serve(
                             names.sort_unstable();
                             json!({ "type": "subscribed", "topics": names }).to_string()
                         }
-                        Err(error) => json!({ "type": "error", "error": error }).to_string(),
+                        Err(error) => {
+                            state.metrics.live_refused.inc();
+                            json!({ "type": "error", "error": error }).to_string()
+                        }
                     };
                     if !send(&mut socket, &reply).await {
                         return;
