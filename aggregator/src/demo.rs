@@ -160,6 +160,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let base = format!("http://{}", aggregator.http_addr);
     println!("fleetwatch demo is running (Ctrl-C stops it)");
     println!();
+    println!("  dashboard:    {base}/#/login?token={}", setup.token);
     println!("  API:          {base}/");
     println!("  admin token:  {}", setup.token);
     println!(

@@ -69,6 +69,18 @@ impl Role {
     }
 }
 
+/// `GET /api/whoami`: the role of the presented token, so the dashboard shows a viewer no
+/// buttons that would be refused.
+pub(super) async fn whoami(
+    axum::Extension(role): axum::Extension<Role>,
+) -> axum::Json<serde_json::Value> {
+    let role = match role {
+        Role::Admin => "admin",
+        Role::Viewer => "viewer",
+    };
+    axum::Json(serde_json::json!({ "status": "success", "data": { "role": role } }))
+}
+
 /// The `access_token` query parameter of a WebSocket upgrade request.
 fn websocket_query_token(req: &Request) -> Option<String> {
     let upgrade = req

@@ -1,6 +1,6 @@
 //! The HTTP API: the Prometheus-compatible query API and federation, the fleet API, the log
-//! API, health and the aggregator's own metrics. Bearer tokens on everything but `/healthz`,
-//! `/readyz` and (if configured) `/metrics`.
+//! API, health, the aggregator's own metrics and the dashboard. Bearer tokens on everything but
+//! `/healthz`, `/readyz`, the dashboard's files and (if configured) `/metrics`.
 
 mod auth;
 mod error;
@@ -10,6 +10,7 @@ mod live;
 mod logs_api;
 mod query;
 mod rules_api;
+mod ui;
 
 pub use error::ApiError;
 
@@ -43,6 +44,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/label/{name}/values", get(query::label_values))
         .route("/api/v1/metadata", get(query::metadata))
         .route("/api/v1/status/buildinfo", get(query::buildinfo))
+        .route("/api/whoami", get(auth::whoami))
         .route("/api/v1/rules", get(rules_api::rules))
         .route("/api/v1/alerts", get(rules_api::alerts))
         .route("/api/fleet/alerts", get(rules_api::fleet_alerts))
@@ -84,7 +86,9 @@ pub fn app(state: Arc<AppState>) -> Router {
     ));
     let public = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/", get(ui::index))
+        .route("/assets/{name}", get(ui::file));
     let public = if state.config.http.metrics_public {
         public.route("/metrics", get(own_metrics))
     } else {
