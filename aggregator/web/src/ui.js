@@ -40,7 +40,8 @@ export function fmtBytes(v) {
     x /= 1024;
     i++;
   }
-  return `${x.toFixed(x < 10 && i > 0 ? 1 : 0)} ${units[i]}`;
+  if (i === 0 && x !== 0 && Math.abs(x) < 1) return `${+x.toPrecision(2)} B`;
+  return `${x.toFixed(Math.abs(x) < 10 && i > 0 ? 1 : 0)} ${units[i]}`;
 }
 
 export function fmtPercent(ratio) {
