@@ -69,6 +69,19 @@ export function redrawCharts() {
   for (const c of liveCharts) c.redraw(false, true);
 }
 
+// The legend at the last point that has a value in any series.
+function showLatest(u) {
+  const xs = u.data[0] || [];
+  for (let i = xs.length - 1; i >= 0; i--) {
+    for (let s = 1; s < u.data.length; s++) {
+      if (u.data[s][i] !== null && u.data[s][i] !== undefined) {
+        u.setLegend({ idx: i }, false);
+        return;
+      }
+    }
+  }
+}
+
 // Draws the columns into `el` ("line", "area" or "bar"); returns the uPlot instance with a
 // `dispose()`. The chart follows the container's width and the theme.
 // `min`/`max` pin the y axis (a ratio chart from 0 to 1, say); without them it follows the data.
@@ -97,6 +110,12 @@ export function timeChart(el, { columns, names }, { kind = "line", unit, height 
         values: (u, ticks) => ticks.map((v) => fmtUnit(v, unit)),
       },
     ],
+    hooks: {
+      // without the cursor on the chart, the legend shows the latest values
+      ready: [showLatest],
+      setData: [showLatest],
+      setCursor: [(u) => (u.cursor.idx === null || u.cursor.idx === undefined) && showLatest(u)],
+    },
     series: [
       {},
       ...names.map((name, i) => ({
@@ -112,7 +131,13 @@ export function timeChart(el, { columns, names }, { kind = "line", unit, height 
     ],
   };
   if (min !== undefined || max !== undefined) {
-    opts.scales.y = { range: (u, lo, hi) => [min ?? Math.min(lo, 0), max ?? (hi > (min ?? 0) ? hi : (min ?? 0) + 1)] };
+    opts.scales.y = {
+      range: (u, lo, hi) => {
+        const bottom = min ?? Math.min(lo ?? 0, 0);
+        const top = hi === null || hi === undefined || hi <= bottom ? bottom + 1 : hi + (hi - bottom) * 0.05;
+        return [bottom, max ?? top];
+      },
+    };
   }
   const plot = new uPlot(opts, columns, el);
   liveCharts.add(plot);

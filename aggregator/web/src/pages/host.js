@@ -163,7 +163,7 @@ function render(root, ctx) {
       pill(x.status, `status-${x.status}`),
       " ",
       pill(x.health, `health-${x.health}`),
-      x.connected ? null : [" ", pill("not connected", "muted")],
+      ...(x.connected ? [] : [" ", pill("not connected", "muted")]),
     );
     const uptime = f.boot_time_seconds ? fmtDuration(Date.now() / 1000 - f.boot_time_seconds) : "–";
     facts.replaceChildren(
@@ -278,7 +278,7 @@ function render(root, ctx) {
                 h("td", { class: `state-${state}` }, state, a.acknowledged ? h("span", { class: "muted" }, ` by ${a.acknowledged.by}`) : null),
                 h("td", {}, labels.severity || "–"),
                 h("td", { title: since || "" }, since ? fmtAgo(Date.parse(since)) : "–"),
-                h("td", { class: "num" }, a.value ?? "–"),
+                h("td", { class: "num", title: a.value ?? "" }, a.value === undefined ? "–" : fmtNumber(parseFloat(a.value))),
                 h("td", { class: "wrap" }, (a.annotations || {}).summary || (a.annotations || {}).description || ""),
               );
             }),
@@ -351,7 +351,8 @@ function render(root, ctx) {
           ),
         ),
       );
-      checksBody.replaceChildren(list.length ? table : [table, h("div", { class: "empty" }, "This host runs no health checks.")]);
+      checksBody.replaceChildren(table);
+      if (list.length === 0) checksBody.append(h("div", { class: "empty" }, "This host runs no health checks."));
     } catch (e) {
       if (!alive) return;
       checksBody.replaceChildren(errorBox(e, "cannot load this host's checks"));

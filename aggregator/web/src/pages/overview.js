@@ -419,7 +419,7 @@ function render(root, ctx) {
     hosts = list;
     updatedAt = Date.now();
     status.replaceChildren();
-    updated.textContent = how === "live" ? "live" : `updated ${new Date(updatedAt).toLocaleTimeString()}`;
+    updated.textContent = `updated ${new Date(updatedAt).toLocaleTimeString()}${how === "live" ? " (live)" : ""}`;
     paintCounts();
     arranged = arrange(hosts, view);
     paint();

@@ -81,7 +81,7 @@ function render(root, ctx) {
     placeholder: 'PromQL, e.g. rate(node_network_receive_bytes_total{device!="lo"}[5m])   (Enter runs, Shift+Enter adds a line)',
     "aria-label": "PromQL expression",
     onkeydown: (ev) => {
-      if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey || !ev.shiftKey)) {
+      if (ev.key === "Enter" && !ev.isComposing && (ev.ctrlKey || ev.metaKey || !ev.shiftKey)) {
         ev.preventDefault();
         run();
       }
@@ -176,7 +176,8 @@ function render(root, ctx) {
         ),
       ),
     );
-    tableWrap.replaceChildren(table, rows.length ? null : h("div", { class: "empty" }, "The expression returned no series at this time."));
+    tableWrap.replaceChildren(table);
+    if (rows.length === 0) tableWrap.append(h("div", { class: "empty" }, "The expression returned no series at this time."));
   }
 
   function fmtValue(v) {
@@ -226,8 +227,8 @@ function render(root, ctx) {
       exportCsv.disabled = exportJson.disabled = true;
       if (holder.plot) holder.plot.dispose();
       holder.plot = null;
-      chartEl.replaceChildren();
-      tableWrap.replaceChildren();
+      chartEl.replaceChildren(h("div", { class: "empty" }, "No result: the query failed (see above)."));
+      tableWrap.replaceChildren(h("div", { class: "empty" }, "No result: the query failed (see above)."));
       chartNote.textContent = tableNote.textContent = "";
       return;
     }
