@@ -135,6 +135,12 @@ function fill(row, x, hostHref) {
   fillRatio(c, "cpu", sum(x, "cpu_ratio"));
   fillRatio(c, "memory", sum(x, "memory_ratio"));
   fillRatio(c, "disk", sum(x, "disk_ratio"));
+  const load = sum(x, "load1");
+  const cpuTitle = load === null ? "" : `load average (1 min): ${fmtNumber(load)}`;
+  if (c.cpu.title !== cpuTitle) c.cpu.title = cpuTitle;
+  const swap = sum(x, "swap_ratio");
+  const memTitle = swap === null ? "" : `swap used: ${fmtPercent(swap)}`;
+  if (c.memory.title !== memTitle) c.memory.title = memTitle;
   const rx = sum(x, "net_rx_bytes_per_second");
   const tx = sum(x, "net_tx_bytes_per_second");
   setText(c.net, rx === null && tx === null ? "–" : `↓ ${fmtBytes(rx)}/s ↑ ${fmtBytes(tx)}/s`);
