@@ -32,7 +32,7 @@ export function ms(rfc) {
 // An error of an action the user asked for, in words; a 403 says that the token is a viewer's.
 export function actionError(e, what) {
   if (e && e.status === 403) {
-    return errorBox(`${what}: refused, this needs the admin token — you are signed in as a viewer (${e.message})`);
+    return errorBox(`${what}: refused: this needs the admin token, and the token you signed in with is a viewer's (${e.message})`);
   }
   return errorBox(e, what);
 }

@@ -6,7 +6,7 @@
 
 import { api } from "./api.js";
 import { h, errorBox, fmtUnit, download, toCsv } from "./ui.js";
-import { matrixToColumns, seriesName, timeChart } from "./chart.js";
+import { matrixToColumns, mergeColumns, seriesName, updateChart } from "./chart.js";
 import { sortableTable } from "./kit.js";
 
 const TIME_KINDS = ["line", "area", "bar"];
@@ -147,7 +147,7 @@ export function createPanel(panel) {
   const width = Math.min(12, Math.max(1, Math.round(panel.width || 6)));
   const body = h("div", { class: `body body-${kind}` });
   const errors = h("div", {});
-  let chart = null;
+  const holder = { plot: null }; // the time chart, kept across refreshes
   let exportData = null; // {csv: {columns, rows}, json}
   let seq = 0;
 
@@ -195,38 +195,41 @@ export function createPanel(panel) {
 
   async function drawTime(range) {
     const { ok, failed } = await runAll("/api/v1/query_range", (q) => ({ query: q.expr, start: range.start, end: range.end, step: range.step }));
-    const merged = { columns: null, names: [] };
+    const parts = [];
     const jsonOut = [];
     for (const { query, data } of ok) {
       const matrix = data.resultType === "matrix" ? data.result : [];
-      const cols = matrixToColumns(matrix, range, query.legend);
-      if (!merged.columns) merged.columns = [cols.columns[0]];
-      merged.columns.push(...cols.columns.slice(1));
-      merged.names.push(...cols.names);
+      parts.push(matrixToColumns(matrix, range, query.legend));
       jsonOut.push({ expr: query.expr, legend: query.legend || null, resultType: data.resultType, result: data.result });
     }
+    const merged = mergeColumns(parts);
     return {
       failed,
       draw: () => {
-        if (chart) chart.dispose();
-        chart = null;
-        if (ok.length === 0) {
-          body.replaceChildren();
+        if (ok.length === 0 || merged.names.length === 0) {
+          if (holder.plot) holder.plot.dispose();
+          holder.plot = null;
+          if (ok.length === 0) body.replaceChildren();
+          else body.replaceChildren(h("div", { class: "empty" }, "no data in this range"));
           return;
         }
-        chart = timeChart(body, merged.columns ? merged : { columns: [[]], names: [] }, { kind, unit: panel.unit, height: 200 });
+        updateChart(holder, body, merged, {
+          kind,
+          unit: panel.unit,
+          height: 200,
+          min: Number.isFinite(panel.min) ? panel.min : undefined,
+          max: Number.isFinite(panel.max) ? panel.max : undefined,
+        });
       },
       export: ok.length
         ? {
             csv: {
               columns: [{ key: "time", label: "time" }, ...merged.names.map((n, i) => ({ key: `s${i}`, label: n }))],
-              rows: merged.columns
-                ? merged.columns[0].map((t, r) => {
-                    const row = { time: new Date(t * 1000).toISOString() };
-                    merged.names.forEach((_, i) => (row[`s${i}`] = merged.columns[i + 1][r]));
-                    return row;
-                  })
-                : [],
+              rows: merged.columns[0].map((t, r) => {
+                const row = { time: new Date(t * 1000).toISOString() };
+                merged.names.forEach((_, i) => (row[`s${i}`] = merged.columns[i + 1][r]));
+                return row;
+              }),
             },
             json: { panel: panel.title, type: kind, unit: panel.unit, start: range.start, end: range.end, step: range.step, queries: jsonOut },
           }
@@ -369,8 +372,8 @@ export function createPanel(panel) {
     refresh,
     dispose() {
       seq++;
-      if (chart) chart.dispose();
-      chart = null;
+      if (holder.plot) holder.plot.dispose();
+      holder.plot = null;
     },
   };
 }

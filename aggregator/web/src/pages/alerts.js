@@ -270,7 +270,7 @@ export default {
       const summaryText = (a.annotations && (a.annotations.summary || a.annotations.description)) || "";
       const actions = [];
       if (admin) {
-        if (a.state === "firing" && !a.acknowledged) {
+        if (a.state === "firing" && !a.acknowledged && !a.muted) {
           const b = h("button", { class: "small", "data-testid": "alert-ack", title: "Stop repeat notifications until it resolves" }, "Acknowledge");
           b.addEventListener("click", () => acknowledge(a, b));
           actions.push(b);
@@ -302,7 +302,7 @@ export default {
         h("td", {}, stateCell(a)),
         h(
           "td",
-          {},
+          { class: "wrap" },
           h("strong", {}, a.labels.alertname || "(no alertname)"),
           " ",
           labelChips(a.labels, ["alertname", "severity", "host"]),
@@ -660,8 +660,7 @@ export default {
         loadSilences();
         reloadSoon();
       }),
-      // after a reconnection (the aggregator restarted) or missed messages: everything again
-      onLive("open", () => loadAll()),
+      // missed messages: the lists again (after a reconnection the shell refreshes the page)
       onLive("lagged", () => reloadSoon()),
     ];
 
