@@ -225,10 +225,12 @@ export function createPanel(panel) {
         ? {
             csv: {
               columns: [{ key: "time", label: "time" }, ...merged.names.map((n, i) => ({ key: `s${i}`, label: n }))],
-              rows: merged.columns[0].map((t, r) => {
+              // the times at which some series has a value
+              rows: merged.columns[0].flatMap((t, r) => {
+                if (merged.names.every((_, i) => merged.columns[i + 1][r] === null)) return [];
                 const row = { time: new Date(t * 1000).toISOString() };
                 merged.names.forEach((_, i) => (row[`s${i}`] = merged.columns[i + 1][r]));
-                return row;
+                return [row];
               }),
             },
             json: { panel: panel.title, type: kind, unit: panel.unit, start: range.start, end: range.end, step: range.step, queries: jsonOut },
