@@ -24,6 +24,7 @@ const DURATIONS = [
   ["7d", 7 * 86400],
 ];
 const HISTORY_PAGE = 200;
+const ALERTS_PAGE = 300;
 
 // What the page calls an alert's state: muted (by a silence or an inhibition) before
 // acknowledged before the rule's own state.
@@ -86,6 +87,8 @@ export default {
     let silencesError = null;
     let historyError = null;
     let historyShown = HISTORY_PAGE;
+    let alertsShown = ALERTS_PAGE;
+    let drawPending = 0;
     let resolved = ctx.resolved();
     const changed = new Set(); // fingerprints changed by the live feed since the last draw
     let filterText = ctx.params.q || "";
@@ -337,7 +340,7 @@ export default {
         admin ? h("th", {}, "") : null,
       );
       const body = rows.length
-        ? rows.map(alertRow)
+        ? rows.slice(0, alertsShown).map(alertRow)
         : [
             h(
               "tr",
@@ -350,6 +353,21 @@ export default {
             ),
           ];
       alertsBox.replaceChildren(h("table", { "data-testid": "alerts-table", class: "grid-table" }, h("thead", {}, head), h("tbody", {}, body)));
+      if (rows.length > alertsShown) {
+        alertsBox.append(
+          h(
+            "button",
+            {
+              class: "more",
+              onclick: () => {
+                alertsShown += ALERTS_PAGE;
+                drawAlerts();
+              },
+            },
+            `show more (${rows.length - alertsShown} not shown)`,
+          ),
+        );
+      }
       changed.clear();
 
       const gone = alerts.filter((a) => a.state === "resolved").sort((x, y) => (ms(y.resolvedAt) || 0) - (ms(x.resolvedAt) || 0));
@@ -650,7 +668,12 @@ export default {
         });
       }
       changed.add(msg.fingerprint);
-      drawAlerts();
+      if (!drawPending) {
+        drawPending = requestAnimationFrame(() => {
+          drawPending = 0;
+          drawAlerts();
+        });
+      }
       reloadSoon();
     }
 
@@ -676,6 +699,7 @@ export default {
       dispose() {
         offs.forEach((off) => off());
         reloadSoon.cancel();
+        cancelAnimationFrame(drawPending);
       },
     };
   },
