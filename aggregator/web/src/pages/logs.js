@@ -455,6 +455,7 @@ export default {
     function run() {
       window_ = ctx.resolved();
       cursor = null;
+      moreBox.replaceChildren(); // the last search's next page is no longer wanted
       loadPage(true);
       loadCounts(window_);
       if (tail) setLogTail(filterParams(applied));
