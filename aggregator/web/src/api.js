@@ -76,7 +76,7 @@ async function request(method, path, { params, body, raw } = {}) {
     throw new ApiError(`the aggregator answered ${resp.status} with something that is not JSON: ${text.slice(0, 200)}`, resp.status);
   }
   if (!resp.ok || json.status === "error") {
-    let what = json.error || `${resp.status} ${resp.statusText}`;
+    let what = json.error || `${method} ${path} answered ${resp.status} ${resp.statusText}`;
     if (resp.status === 403 && !json.error) what = "this needs an admin token; you are signed in as a viewer";
     throw new ApiError(json.errorType ? `${json.errorType}: ${what}` : what, resp.status);
   }
