@@ -8,21 +8,12 @@ import { api } from "../api.js";
 import { onLive } from "../live.js";
 import { h, errorBox, fmtNumber, fmtAgo, fmtTime } from "../ui.js";
 import { labelChips, labelText, ms, actionError, debounce } from "../kit.js";
+import { silenceForm, silencesTable, equalMatcher } from "../silences.js";
 
 const OPERATOR_KEY = "fleetwatch.operator";
 const STATES = ["firing", "pending", "acknowledged", "silenced"];
 const STATE_ORDER = { firing: 0, pending: 1, acknowledged: 2, silenced: 3, resolved: 4 };
 const SEVERITY_ORDER = { critical: 0, warning: 1, info: 2 };
-const DURATIONS = [
-  ["30m", 1800],
-  ["1h", 3600],
-  ["2h", 7200],
-  ["4h", 4 * 3600],
-  ["8h", 8 * 3600],
-  ["1d", 86400],
-  ["3d", 3 * 86400],
-  ["7d", 7 * 86400],
-];
 const HISTORY_PAGE = 200;
 const ALERTS_PAGE = 300;
 
@@ -37,42 +28,6 @@ export function displayState(a) {
 
 function operator() {
   return localStorage.getItem(OPERATOR_KEY) || "admin";
-}
-
-// `name op "value"` as the API's matchers are written; null when the line is not one.
-const MATCHER_RE = /^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*$/;
-
-function parseMatcher(text) {
-  const m = MATCHER_RE.exec(text);
-  if (!m) return null;
-  const value = m[3].replace(/\\(.)/g, "$1");
-  let re = null;
-  if (m[2] === "=~" || m[2] === "!~") {
-    try {
-      re = new RegExp(`^(?:${value})$`);
-    } catch {
-      return null;
-    }
-  }
-  return { name: m[1], op: m[2], value, re };
-}
-
-function matcherMatches(m, labels) {
-  const v = labels[m.name] ?? "";
-  switch (m.op) {
-    case "=":
-      return v === m.value;
-    case "!=":
-      return v !== m.value;
-    case "=~":
-      return m.re.test(v);
-    default:
-      return !m.re.test(v);
-  }
-}
-
-function quote(v) {
-  return `"${String(v).replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
 }
 
 export default {
@@ -285,7 +240,7 @@ export default {
               class: "small",
               "data-testid": "alert-silence",
               title: "Silence alerts with these labels",
-              onclick: () => openSilenceForm(Object.entries(a.labels).map(([k, v]) => `${k}=${quote(v)}`), a),
+              onclick: () => openSilenceForm(Object.entries(a.labels).map(([k, v]) => equalMatcher(k, v)), a),
             },
             "Silence…",
           ),
@@ -408,93 +363,24 @@ export default {
     }
 
     // --- silences -----------------------------------------------------------------------
-    let formAlert = null;
-
     function openSilenceForm(matchers, alert) {
-      formAlert = alert || null;
-      const lines = h("textarea", {
-        rows: Math.max(3, matchers.length + 1),
-        cols: 50,
-        spellcheck: "false",
-        "data-testid": "silence-matchers",
-        placeholder: 'one matcher a line: host="web-1", alertname=~"Host.*"',
-      });
-      lines.value = matchers.join("\n");
-      const preview = h("div", { class: "muted-text" });
-      const updatePreview = () => {
-        const texts = lines.value.split("\n").map((s) => s.trim()).filter(Boolean);
-        const parsed = texts.map(parseMatcher);
-        const bad = texts.filter((_, i) => !parsed[i]);
-        if (texts.length === 0) preview.textContent = "a silence needs at least one matcher";
-        else if (bad.length) preview.textContent = `not a matcher like name="value": ${bad.join("; ")}`;
-        else {
-          const n = alerts.filter((a) => a.state !== "resolved" && parsed.every((m) => matcherMatches(m, a.labels))).length;
-          preview.textContent = `matches ${n} current alert${n === 1 ? "" : "s"}`;
-        }
-      };
-      lines.addEventListener("input", updatePreview);
-      updatePreview();
-      const duration = h(
-        "select",
-        { "data-testid": "silence-duration" },
-        DURATIONS.map(([n, s]) => h("option", { value: s, selected: n === "2h" }, n)),
-      );
-      const by = h("input", { type: "text", value: operator(), size: 14, "data-testid": "silence-by" });
-      const comment = h("input", { type: "text", size: 40, placeholder: "why (maintenance, known issue…)", "data-testid": "silence-comment" });
-      const status = h("div", {});
-      const submit = h("button", { type: "submit", class: "primary", "data-testid": "silence-submit" }, "Create silence");
-      const form = h(
-        "form",
-        {
-          class: "silence-form",
-          "data-testid": "silence-form",
-          onsubmit: async (ev) => {
-            ev.preventDefault();
-            const list = lines.value.split("\n").map((s) => s.trim()).filter(Boolean);
-            if (!by.value.trim()) {
-              status.replaceChildren(errorBox("say who silences (the \"created by\" field)"));
-              return;
-            }
-            submit.disabled = true;
-            status.replaceChildren(h("span", { class: "muted-text" }, "creating…"));
-            try {
-              const res = await api.post("/api/fleet/silences", {
-                matchers: list,
-                durationSeconds: Number(duration.value),
-                createdBy: by.value.trim(),
-                comment: comment.value,
-              });
-              formArea.replaceChildren();
-              flash(h("div", { class: "notice" }, `silence ${res.silenceID} created for ${duration.selectedOptions[0].textContent}`));
-              await Promise.all([loadSilences(), loadAlerts()]);
-            } catch (e) {
-              submit.disabled = false;
-              status.replaceChildren(actionError(e, "cannot create the silence"));
-            }
-          },
+      const { form, focus } = silenceForm({
+        matchers,
+        title: alert ? `Silence ${alert.labels.alertname || "this alert"}` : "New silence",
+        alerts: () => alerts,
+        operator: operator(),
+        onCreated: async (id, durationText) => {
+          formArea.replaceChildren();
+          flash(h("div", { class: "notice" }, `silence ${id} created for ${durationText}`));
+          await Promise.all([loadSilences(), loadAlerts()]);
         },
-        h("h3", {}, formAlert ? `Silence ${formAlert.labels.alertname || "this alert"}` : "New silence"),
-        h("label", { class: "stack" }, "Matchers", lines),
-        preview,
-        h(
-          "div",
-          { class: "row" },
-          h("label", {}, "for ", duration),
-          h("label", {}, "created by ", by),
-          h("label", { class: "grow" }, "comment ", comment),
-        ),
-        h(
-          "div",
-          { class: "row" },
-          submit,
-          h("button", { type: "button", onclick: () => formArea.replaceChildren() }, "Cancel"),
-        ),
-        status,
-      );
+        onCancel: () => formArea.replaceChildren(),
+      });
       formArea.replaceChildren(form);
       form.scrollIntoView({ block: "nearest" });
-      comment.focus();
+      focus();
     }
+
 
     async function expire(s, button) {
       button.disabled = true;
@@ -513,53 +399,9 @@ export default {
         silencesBox.replaceChildren(errorBox(silencesError, "cannot load the silences"));
         return;
       }
-      const list = silences.filter((s) => showExpired || s.status !== "expired");
-      const head = h(
-        "tr",
-        {},
-        ["Status", "Matchers", "Starts", "Ends", "Created by", "Comment", "Silences"].map((t) => h("th", {}, t)),
-        admin ? h("th", {}, "") : null,
-      );
-      const rows = list.map((s) => {
-        const parsed = s.matchers.map(parseMatcher);
-        const n = parsed.every(Boolean)
-          ? alerts.filter((a) => a.state !== "resolved" && parsed.every((m) => matcherMatches(m, a.labels))).length
-          : null;
-        let action = null;
-        if (admin && s.status !== "expired") {
-          const b = h("button", { class: "small", "data-testid": "silence-expire" }, "Expire");
-          b.addEventListener("click", () => expire(s, b));
-          action = b;
-        }
-        return h(
-          "tr",
-          { "data-testid": "silence-row", "data-id": s.id, "data-status": s.status, class: s.status === "expired" ? "dim" : null },
-          h("td", {}, h("span", { class: `badge silence-${s.status}` }, s.status)),
-          h("td", { class: "wrap" }, h("code", {}, s.matchers.join(", "))),
-          h("td", { title: fmtTime(ms(s.startsAt)) }, fmtTime(ms(s.startsAt))),
-          h("td", { title: fmtTime(ms(s.endsAt)) }, s.status === "expired" ? fmtAgo(ms(s.endsAt)) : fmtTime(ms(s.endsAt))),
-          h("td", {}, s.createdBy),
-          h("td", { class: "wrap" }, s.comment),
-          h("td", { class: "num" }, s.status === "active" && n !== null ? `${n} alert${n === 1 ? "" : "s"}` : ""),
-          admin ? h("td", {}, action) : null,
-        );
-      });
-      const hidden = silences.length - list.length;
-      silencesBox.replaceChildren(
-        h(
-          "table",
-          { "data-testid": "silences-table", class: "grid-table" },
-          h("thead", {}, head),
-          h(
-            "tbody",
-            {},
-            rows.length
-              ? rows
-              : h("tr", {}, h("td", { colspan: admin ? 8 : 7, class: "empty" }, hidden ? `no active silence (${hidden} expired)` : "no silence")),
-          ),
-        ),
-      );
+      silencesBox.replaceChildren(silencesTable({ silences, alerts, admin, showExpired, onExpire: expire }));
     }
+
 
     async function loadSilences() {
       try {
