@@ -148,6 +148,7 @@ export function createPanel(panel) {
   const body = h("div", { class: `body body-${kind}` });
   const errors = h("div", {});
   const holder = { plot: null }; // the time chart, kept across refreshes
+  let tableSort = { key: "value", desc: true }; // the table's order, kept across refreshes
   let exportData = null; // {csv: {columns, rows}, json}
   let seq = 0;
 
@@ -338,7 +339,7 @@ export function createPanel(panel) {
       },
     ];
     if (labelKeys.length === 0 && queries.length <= 1) columns.unshift({ key: "series", label: "series" });
-    return h("div", { class: "table-wrap" }, sortableTable(columns, flat, { testid: "panel-table", sort: { key: "value", desc: true } }));
+    return h("div", { class: "table-wrap" }, sortableTable(columns, flat, { testid: "panel-table", sort: tableSort, onSort: (next) => (tableSort = next) }));
   }
 
   async function refresh(range) {
