@@ -179,7 +179,11 @@ function render(root, ctx) {
   const stops = [];
 
   // The view in the URL (only what differs from the defaults).
+  let savedView = "";
   function saveView() {
+    const key = JSON.stringify(view);
+    if (key === savedView) return; // the live feed repaints every two seconds; the URL stays
+    savedView = key;
     ctx.setParams({
       q: view.q || null,
       status: view.status || null,
@@ -374,7 +378,6 @@ function render(root, ctx) {
 
   // The page on screen: only its rows are touched.
   function paint() {
-    saveView();
     const p = parseHash().params;
     kept = { range: p.range, refresh: p.refresh };
     for (const th of headCells) {
@@ -399,6 +402,7 @@ function render(root, ctx) {
     info.textContent = total
       ? `${fmtNumber(from + 1, 9)}–${fmtNumber(from + shown.length, 9)} of ${fmtNumber(total, 9)}${total === hosts.length ? "" : ` (of ${fmtNumber(hosts.length, 9)})`} · page ${view.page + 1} of ${pages}`
       : "no hosts";
+    saveView();
     prev.disabled = view.page === 0;
     next.disabled = view.page >= pages - 1;
     empty.hidden = total > 0;
