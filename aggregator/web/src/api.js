@@ -38,22 +38,37 @@ function url(path, params) {
   return u;
 }
 
+// Longest a request may take before it is given up (and shown as an error).
+const TIMEOUT_MS = 30000;
+
 async function request(method, path, { params, body, raw } = {}) {
   const headers = { Authorization: `Bearer ${token() || ""}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), TIMEOUT_MS);
   let resp;
+  let text;
   try {
     resp = await fetch(url(path, params), {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
+      signal: abort.signal,
     });
+    if (resp.status === 401) unauthorizedListeners.forEach((fn) => fn());
+    if (raw && resp.ok) return resp;
+    text = await resp.text();
   } catch (e) {
-    throw new ApiError(`cannot reach the aggregator (${e.message}); retrying on the next refresh`, 0);
+    const why = abort.signal.aborted ? `no answer within ${TIMEOUT_MS / 1000} s` : e.message;
+    throw new ApiError(`cannot reach the aggregator (${why}); retrying on the next refresh`, 0);
+  } finally {
+    clearTimeout(timer);
   }
-  if (resp.status === 401) unauthorizedListeners.forEach((fn) => fn());
-  if (raw && resp.ok) return resp;
-  const text = await resp.text();
+  if (resp.status === 502 || resp.status === 503 || resp.status === 504) {
+    if (!text.trim().startsWith("{")) {
+      throw new ApiError(`the aggregator is not available (${resp.status} ${resp.statusText}); retrying on the next refresh`, resp.status);
+    }
+  }
   let json;
   try {
     json = text ? JSON.parse(text) : {};
@@ -61,7 +76,8 @@ async function request(method, path, { params, body, raw } = {}) {
     throw new ApiError(`the aggregator answered ${resp.status} with something that is not JSON: ${text.slice(0, 200)}`, resp.status);
   }
   if (!resp.ok || json.status === "error") {
-    const what = json.error || `${resp.status} ${resp.statusText}`;
+    let what = json.error || `${method} ${path} answered ${resp.status} ${resp.statusText}`;
+    if (resp.status === 403 && !json.error) what = "this needs an admin token; you are signed in as a viewer";
     throw new ApiError(json.errorType ? `${json.errorType}: ${what}` : what, resp.status);
   }
   return json.data === undefined ? json : json.data;

@@ -40,7 +40,8 @@ export function fmtBytes(v) {
     x /= 1024;
     i++;
   }
-  return `${x.toFixed(x < 10 && i > 0 ? 1 : 0)} ${units[i]}`;
+  if (i === 0 && x !== 0 && Math.abs(x) < 1) return `${+x.toPrecision(2)} B`;
+  return `${x.toFixed(Math.abs(x) < 10 && i > 0 ? 1 : 0)} ${units[i]}`;
 }
 
 export function fmtPercent(ratio) {
@@ -61,8 +62,22 @@ export function fmtTime(ms) {
   return new Date(ms).toLocaleString();
 }
 
-// Unit-aware formatting by name: "bytes", "percent" (a ratio 0..1), "seconds", or plain.
+// A duration in seconds in words: "350 ms", "42 s", "3m 20s", "2h 5m", "3d 4h".
+export function fmtDuration(s) {
+  if (s === null || s === undefined || Number.isNaN(s)) return "–";
+  if (s < 1) return `${fmtNumber(s * 1000)} ms`;
+  if (s < 60) return `${fmtNumber(s)} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m ${Math.round(s % 60)}s`;
+  const hrs = Math.floor(m / 60);
+  if (hrs < 24) return `${hrs}h ${m % 60}m`;
+  return `${Math.floor(hrs / 24)}d ${hrs % 24}h`;
+}
+
+// Unit-aware formatting by name: "bytes", "bytes/s", "percent" (a ratio 0..1), "percent100"
+// (0..100), "seconds", "ops/s", "short" or plain.
 export function fmtUnit(v, unit) {
+  if (v === null || v === undefined || Number.isNaN(v)) return "–";
   switch (unit) {
     case "bytes":
       return fmtBytes(v);
@@ -70,6 +85,10 @@ export function fmtUnit(v, unit) {
       return `${fmtBytes(v)}/s`;
     case "percent":
       return fmtPercent(v);
+    case "percent100":
+      return v === null || v === undefined || Number.isNaN(v) ? "–" : `${v.toFixed(1)}%`;
+    case "ops/s":
+      return v === null || v === undefined || Number.isNaN(v) ? "–" : `${fmtNumber(v)}/s`;
     case "seconds":
       return v === null || v === undefined ? "–" : v < 1 ? `${fmtNumber(v * 1000)} ms` : `${fmtNumber(v)} s`;
     default:
