@@ -1,12 +1,13 @@
 //! The live feed: what a dashboard sees change without reloading. One hub per aggregator sends
-//! every connected client (WebSocket, `http/live.rs`) the fleet's hosts every two seconds and
+//! every connected client (WebSocket, `http/live.rs`) the fleet's hosts with their summaries
+//! (`fleet/summary.rs`, computed only while someone listens) every two seconds and
 //! alert events as they happen: state changes seen by the rule evaluation, acknowledgements and
 //! silences. Messages go through a bounded broadcast channel, encoded once: a slow client misses
 //! messages (and is told how many), it never slows the hub or the rule evaluation. New log
 //! records (the `logs` topic) come from the log store's own bounded channel and are filtered per
 //! client (`http/live.rs`).
 
-use crate::fleet::HostView;
+use crate::fleet::summary::SummarizedHost;
 use crate::metrics::Metrics;
 use crate::notify::receivers::fingerprint;
 use crate::rules::lifecycle::{Alert, AlertState};
@@ -110,8 +111,8 @@ impl LiveHub {
         });
     }
 
-    /// Sends the hosts (every [`HOSTS_INTERVAL`]).
-    pub fn publish_hosts(&self, hosts: &[HostView], now: i64) {
+    /// Sends the hosts with their summaries (every [`HOSTS_INTERVAL`]).
+    pub fn publish_hosts(&self, hosts: &[SummarizedHost], now: i64) {
         self.publish(Topic::Hosts, hosts_message(hosts, now));
     }
 
@@ -166,7 +167,7 @@ impl LiveHub {
     }
 }
 
-fn hosts_message(hosts: &[HostView], now: i64) -> Value {
+fn hosts_message(hosts: &[SummarizedHost], now: i64) -> Value {
     json!({ "type": "hosts", "at": rfc3339(now), "hosts": hosts })
 }
 
@@ -186,7 +187,7 @@ fn alert_event(event: &str, fp: &str, a: &Alert, detail: &str, now: i64) -> Valu
 }
 
 /// The first message a client gets: everything it subscribed to, as it is now.
-pub fn snapshot(hosts: Option<&[HostView]>, alerts: Option<&[Alert]>, now: i64) -> String {
+pub fn snapshot(hosts: Option<&[SummarizedHost]>, alerts: Option<&[Alert]>, now: i64) -> String {
     let mut v = json!({ "type": "snapshot", "at": rfc3339(now) });
     if let Some(hosts) = hosts {
         v["hosts"] = json!(hosts);

@@ -88,6 +88,12 @@ pub struct Metrics {
     pub logstore_read_errors: IntCounter,
     /// Log segment or state writes that failed (retried).
     pub logstore_write_errors: IntCounter,
+    /// Host summary figures that could not be computed, by figure.
+    pub host_summary_failures: IntCounterVec,
+    /// Dashboard files refused (unreadable, invalid), counted at every load.
+    pub dashboard_errors: IntCounter,
+    /// Dashboards loaded now.
+    pub dashboards: IntGauge,
 }
 
 impl Metrics {
@@ -143,6 +149,9 @@ impl Metrics {
             logstore_removed_segments: reg!(IntCounterVec::new(Opts::new("fleetwatch_logstore_removed_segments_total", "Log segments removed by retention, by reason (time, size)."), &["reason"])),
             logstore_read_errors: reg!(IntCounter::new("fleetwatch_logstore_read_errors_total", "Log segments or chunks that could not be read (left out of queries; damaged segments set aside at start).")),
             logstore_write_errors: reg!(IntCounter::new("fleetwatch_logstore_write_errors_total", "Log segment or state writes that failed (records stay buffered and in the write-ahead log; retried).")),
+            host_summary_failures: reg!(IntCounterVec::new(Opts::new("fleetwatch_host_summary_failures_total", "Host summary figures (cpu_ratio, memory_ratio...) whose query failed in a pass; they are null for every host in that pass."), &["figure"])),
+            dashboard_errors: reg!(IntCounter::new("fleetwatch_dashboard_errors_total", "Dashboard files refused (unreadable, not TOML, unknown key, type or unit, bad width, a query that does not parse), counted at start and at every reload; the other files still load.")),
+            dashboards: reg!(IntGauge::new("fleetwatch_dashboards", "Dashboards loaded now.")),
             remote_write_last_sent: reg!(IntGaugeVec::new(Opts::new("fleetwatch_remote_write_last_sent_timestamp_seconds", "Newest sample timestamp the endpoint has accepted, by endpoint."), &["remote"])),
             registry,
         }

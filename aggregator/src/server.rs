@@ -343,15 +343,28 @@ async fn log_maintenance(state: Arc<AppState>) {
     }
 }
 
-/// Sends the fleet's hosts to the live feed's clients every two seconds (when there are any).
+/// Sends the fleet's hosts with their summaries to the live feed's clients every two seconds
+/// (when there are any: the summary is computed only then).
 async fn live_hosts(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(crate::live::HOSTS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if state.live.has_clients() {
-            let now = now_ms();
-            state.live.publish_hosts(&state.fleet.list(now), now);
+            let st = state.clone();
+            // the summary's queries read the store: off the async threads
+            let _ = tokio::task::spawn_blocking(move || {
+                let now = now_ms();
+                let hosts = crate::fleet::summary::summarized_hosts(
+                    &st.fleet,
+                    &*st.store,
+                    &st.rules.alerts(),
+                    &st.metrics,
+                    now,
+                );
+                st.live.publish_hosts(&hosts, now);
+            })
+            .await;
         }
     }
 }

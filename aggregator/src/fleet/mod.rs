@@ -1,8 +1,10 @@
 //! Fleet state: every agent ever seen, first and last seen, version, host facts, clock skew,
 //! status (up / stale / down), and the latest health-check results with the host's overall
 //! health. Kept in sled so that it survives restarts; the `up{host}` series is made from it.
+//! `summary.rs` adds each host's figures (CPU, memory, disk, network, load, firing alerts).
 
 pub mod checks;
+pub mod summary;
 
 use checks::{CheckState, CheckView, Health};
 use fleetwatch_common::model::{

@@ -7,6 +7,7 @@
 
 use super::logs_api::{parse_filter, record_json};
 use super::ApiError;
+use crate::fleet::summary::summarized_hosts;
 use crate::live::{self, LiveMessage, Topic};
 use crate::logstore::query::LogFilter;
 use crate::logstore::TailBatch;
@@ -105,15 +106,22 @@ async fn send(socket: &mut WebSocket, text: &str) -> bool {
     )
 }
 
-fn snapshot(state: &AppState, topics: &HashSet<Topic>) -> String {
-    let now = now_ms();
-    let hosts = topics
-        .contains(&Topic::Hosts)
-        .then(|| state.fleet.list(now));
-    let alerts = topics
-        .contains(&Topic::Alerts)
-        .then(|| state.rules.alerts());
-    live::snapshot(hosts.as_deref(), alerts.as_deref(), now)
+/// The first message, built on a blocking thread (the hosts' summaries read the store).
+async fn snapshot(state: &Arc<AppState>, topics: &HashSet<Topic>) -> String {
+    let want_hosts = topics.contains(&Topic::Hosts);
+    let want_alerts = topics.contains(&Topic::Alerts);
+    let state = state.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let now = now_ms();
+        let alerts = state.rules.alerts();
+        let hosts = want_hosts
+            .then(|| summarized_hosts(&state.fleet, &*state.store, &alerts, &state.metrics, now));
+        live::snapshot(hosts.as_deref(), want_alerts.then_some(&alerts[..]), now)
+    })
+    .await;
+    built.unwrap_or_else(|e| {
+        json!({ "type": "error", "error": format!("snapshot failed: {e}") }).to_string()
+    })
 }
 
 async fn serve(
@@ -129,7 +137,7 @@ async fn serve(
     let mut logs_rx = topics
         .contains(&Topic::Logs)
         .then(|| state.logs.subscribe());
-    if !send(&mut socket, &snapshot(&state, &topics)).await {
+    if !send(&mut socket, &snapshot(&state, &topics).await).await {
         return;
     }
     let mut ping = tokio::time::interval(PING_INTERVAL);

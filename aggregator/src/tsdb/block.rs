@@ -292,3 +292,92 @@ pub fn open_all(parent: &Path) -> Result<Vec<Block>, String> {
     out.sort_by_key(|b| b.meta.seq);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetwatch_common::model::Label;
+
+    /// The samples of `testdata/block-format1`: a block written by the encoder of format 1
+    /// before packed chunks (scaled-integer chunks of encoding 2 and Gorilla chunks).
+    fn format1_fixture() -> Vec<(Series, MetricKind, Vec<Sample>)> {
+        let t0 = 1_700_000_000_000i64;
+        let series = |name: &str, host: &str| Series::new(name, [Label::new("host", host)]);
+        let at = |i: i64, value: f64| Sample {
+            timestamp_ms: t0 + i * 15_000,
+            value,
+        };
+        let mut ticks = 12_345_678u64;
+        let cpu: Vec<Sample> = (0..1500)
+            .map(|i| {
+                ticks += 1_400 + (i as u64 * 7919) % 200;
+                at(i, ticks as f64 / 100.0)
+            })
+            .collect();
+        let mut bytes = 4_000_000_000i64;
+        let pages: Vec<Sample> = (0..300)
+            .map(|i| {
+                bytes += (i * 7919 % 2001 - 1000) * 4096;
+                at(i, bytes as f64)
+            })
+            .collect();
+        let mut stale: Vec<Sample> = (0..40).map(|i| at(i, (i % 7) as f64 * 0.25)).collect();
+        stale.push(at(40, f64::from_bits(0x7ff0_0000_0000_0002)));
+        let odd: Vec<Sample> = [f64::NAN, f64::INFINITY, -0.0, 1e300, 5e-324, 1.0 / 3.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| at(i as i64 * 3 + (i as i64 % 2), v))
+            .collect();
+        vec![
+            (series("cpu_seconds_total", "a"), MetricKind::Counter, cpu),
+            (series("mem_available_bytes", "a"), MetricKind::Gauge, pages),
+            (series("up", "b"), MetricKind::Gauge, stale),
+            (series("odd", "b"), MetricKind::Gauge, odd),
+            (
+                series("boot_time_seconds", "b"),
+                MetricKind::Gauge,
+                vec![at(0, 1_699_000_000.0)],
+            ),
+        ]
+    }
+
+    fn fixture_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tsdb/testdata/block-format1")
+    }
+
+    #[test]
+    fn a_block_written_before_packed_chunks_still_reads() {
+        let dir = fixture_dir().join(dir_name(1, 1_700_000_000_000, 1_700_086_400_000));
+        let block = Block::open(&dir).unwrap();
+        assert_eq!(block.meta.format, 1);
+        // the fixture holds the encodings of that time: scaled integers and Gorilla
+        let mut tags: Vec<u8> = block
+            .index
+            .series
+            .iter()
+            .flat_map(|s| &s.chunks)
+            .map(|c| {
+                let mut tag = [0u8];
+                block.chunks.read_exact_at(&mut tag, c.offset).unwrap();
+                tag[0]
+            })
+            .collect();
+        tags.dedup();
+        tags.sort_unstable();
+        tags.dedup();
+        assert_eq!(tags, [0, 2]);
+        let mut want = format1_fixture();
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        let got = block.all().unwrap();
+        assert_eq!(got.len(), want.len());
+        for ((gs, gk, gv), (ws, wk, wv)) in got.iter().zip(&want) {
+            assert_eq!((gs, gk), (ws, wk));
+            let bits = |v: &[Sample]| -> Vec<(i64, u64)> {
+                v.iter()
+                    .map(|s| (s.timestamp_ms, s.value.to_bits()))
+                    .collect()
+            };
+            assert_eq!(bits(gv), bits(wv), "{}", gs.name);
+        }
+    }
+}
