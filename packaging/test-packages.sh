@@ -161,6 +161,11 @@ for p in fleetwatch-agent fleetwatch-aggregator; do
     check "$p.deb: systemd unit" grep -Eq "\./(usr/)?lib/systemd/system/$p\.service$" <<<"$listing"
     check "$p.deb: install guide in /usr/share/doc/$p" grep -q "\./usr/share/doc/$p/README.md$" <<<"$listing"
 done
+deb=$(deb_of fleetwatch-aggregator)
+for f in configs/dashboards/*.toml; do
+    check "fleetwatch-aggregator.deb: /etc/fleetwatch/dashboards/${f##*/} is a conffile" \
+        grep -qx "/etc/fleetwatch/dashboards/${f##*/}" <<<"$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)"
+done
 
 # --- .rpm checks (Debian's rpm, rpm -qp) -----------------------------------------------------
 step "rpm metadata"
@@ -176,9 +181,10 @@ for p in fleetwatch-agent fleetwatch-aggregator; do
         grep -Eq "^-rw-r--r-- root:root cn /etc/fleetwatch/$c.toml$" <<<"$files"
     want_conf="/etc/fleetwatch/$c.toml"
     if [ "$c" = aggregator ]; then
-        want_conf=$(printf '%s\n%s' "$want_conf" /etc/fleetwatch/rules/fleet.yml)
+        want_conf=$( (printf '%s\n%s\n' "$want_conf" /etc/fleetwatch/rules/fleet.yml
+            for f in configs/dashboards/*.toml; do echo "/etc/fleetwatch/dashboards/${f##*/}"; done) | LC_ALL=C sort)
     fi
-    check "$p.rpm: rpm -qpc lists only the config (and the aggregator's default rules)" \
+    check "$p.rpm: rpm -qpc lists only the config (and the aggregator's default rules and dashboards)" \
         test "$(rpmq -c "$r")" = "$want_conf"
     check "$p.rpm: systemd unit in /usr/lib/systemd/system" \
         grep -q " /usr/lib/systemd/system/$p.service$" <<<"$files"

@@ -6,6 +6,7 @@
 pub mod buffer;
 pub mod collector;
 pub mod config;
+pub mod memory;
 pub mod metrics;
 pub mod run;
 pub mod shipper;

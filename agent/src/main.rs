@@ -55,12 +55,20 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {
+    // Before any thread: arenas are made per thread as threads first allocate.
+    let refused = fleetwatch_agent::memory::limit_allocator_retention();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    if !refused.is_empty() {
+        tracing::warn!(
+            ?refused,
+            "the allocator refused a setting; the agent may keep more memory than it uses"
+        );
+    }
     let config = AgentConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -28,6 +28,8 @@ pub struct AggregatorConfig {
     pub alerting: AlertingConfig,
     /// The log store.
     pub logs: crate::logstore::LogStoreConfig,
+    /// Dashboards defined in configuration.
+    pub dashboards: DashboardsConfig,
 }
 
 impl Default for AggregatorConfig {
@@ -43,8 +45,19 @@ impl Default for AggregatorConfig {
             rules: RulesConfig::default(),
             alerting: AlertingConfig::default(),
             logs: crate::logstore::LogStoreConfig::default(),
+            dashboards: DashboardsConfig::default(),
         }
     }
+}
+
+/// Dashboards defined in configuration (`crate::dashboards`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardsConfig {
+    /// Directory of dashboard files (`*.toml`, one dashboard each), re-read on SIGHUP; a
+    /// relative path is taken from the configuration file's directory. Empty: the example
+    /// dashboards of `configs/dashboards/`, compiled into the binary.
+    pub dir: PathBuf,
 }
 
 /// The QUIC listener and its certificates.
@@ -492,6 +505,11 @@ impl AggregatorConfig {
                     message,
                 },
             )?;
+        let mut cfg = cfg;
+        if !cfg.dashboards.dir.as_os_str().is_empty() && cfg.dashboards.dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            cfg.dashboards.dir = base.join(&cfg.dashboards.dir);
+        }
         cfg.validate()
             .map_err(|(key, message)| ConfigError::Invalid {
                 path: path.display().to_string(),
@@ -713,6 +731,27 @@ mod tests {
         std::fs::write(&p, "[http]\nlisen = \"1\"\n").unwrap();
         let e = AggregatorConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn dashboards_dir_is_relative_to_the_file_and_follows_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agg.toml");
+        std::fs::write(&p, "[dashboards]\ndir = \"boards\"\n").unwrap();
+        let cfg = AggregatorConfig::load(&p).unwrap();
+        assert_eq!(cfg.dashboards.dir, dir.path().join("boards"));
+        std::fs::write(&p, "").unwrap();
+        assert!(AggregatorConfig::load(&p)
+            .unwrap()
+            .dashboards
+            .dir
+            .as_os_str()
+            .is_empty());
+        // only this test sets this variable
+        std::env::set_var("FLEETWATCH_AGGREGATOR__DASHBOARDS__DIR", "/srv/boards");
+        let cfg = AggregatorConfig::load(&p);
+        std::env::remove_var("FLEETWATCH_AGGREGATOR__DASHBOARDS__DIR");
+        assert_eq!(cfg.unwrap().dashboards.dir, Path::new("/srv/boards"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! [`fleet`] tracks who is up. [`server`] wires it together; [`demo`] runs it with a local agent.
 
 pub mod config;
+pub mod dashboards;
 pub mod demo;
 pub mod fleet;
 pub mod http;

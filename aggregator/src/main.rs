@@ -49,7 +49,8 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Check a configuration file and exit: 0 when valid, otherwise the file, key and problem.
+    /// Check a configuration file and the dashboard files it names (`[dashboards] dir`) and exit:
+    /// 0 when valid, otherwise the file, key and problem.
     CheckConfig {
         /// Configuration file (TOML).
         #[arg(short, long, default_value = "/etc/fleetwatch/aggregator.toml")]
@@ -129,9 +130,7 @@ fn main() -> ExitCode {
                 }))
             })
         }
-        Command::CheckConfig { config } => AggregatorConfig::load(&config)
-            .map(|_| println!("{}: ok", config.display()))
-            .map_err(anyhow::Error::from),
+        Command::CheckConfig { config } => check_config(&config),
         Command::Pki { command } => pki_command(command),
         Command::CheckRules { files } => check_rules(&files),
     };
@@ -142,6 +141,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The configuration file, then the dashboards it names (each refused file with its key).
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = AggregatorConfig::load(path)?;
+    let dashboards = fleetwatch_aggregator::dashboards::load(&config.dashboards.dir);
+    for e in &dashboards.errors {
+        eprintln!("{e}");
+    }
+    if !dashboards.errors.is_empty() {
+        anyhow::bail!(
+            "{}: {} dashboard file(s) refused",
+            path.display(),
+            dashboards.errors.len()
+        );
+    }
+    println!(
+        "{}: ok, {} dashboards",
+        path.display(),
+        dashboards.dashboards.len()
+    );
+    Ok(())
 }
 
 fn check_rules(files: &[PathBuf]) -> anyhow::Result<()> {
@@ -228,6 +249,14 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
                             }
                         }
                         Err(_) => {}
+                    }
+                    let dashboards = running.state.dashboards.clone();
+                    if let Ok(set) = tokio::task::spawn_blocking(move || dashboards.reload()).await {
+                        tracing::info!(
+                            dashboards = set.dashboards.len(),
+                            refused = set.errors.len(),
+                            "SIGHUP: dashboards reloaded"
+                        );
                     }
                 }
             }

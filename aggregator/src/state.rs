@@ -1,6 +1,7 @@
-//! The state the aggregator's tasks share: store, fleet, metrics and settings.
+//! The state the aggregator's tasks share: store, fleet, metrics, settings, dashboards.
 
 use crate::config::AggregatorConfig;
+use crate::dashboards::Dashboards;
 use crate::fleet::Fleet;
 use crate::live::LiveHub;
 use crate::logstore::LogStore;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub live: Arc<LiveHub>,
     /// The log store (also reached by the store, which hands it every batch's records).
     pub logs: Arc<LogStore>,
+    /// The dashboards defined in configuration.
+    pub dashboards: Arc<Dashboards>,
     ready: AtomicBool,
 }
 
@@ -57,8 +60,13 @@ impl AppState {
         logs: Arc<LogStore>,
     ) -> Self {
         let live = Arc::new(LiveHub::new(metrics.clone()));
+        let dashboards = Arc::new(Dashboards::open(
+            config.dashboards.dir.clone(),
+            metrics.clone(),
+        ));
         Self {
             live,
+            dashboards,
             store,
             fleet,
             metrics,

@@ -3,6 +3,7 @@
 //! `/healthz`, `/readyz`, the dashboard's files and (if configured) `/metrics`.
 
 mod auth;
+mod dashboards_api;
 mod error;
 mod federate;
 mod fleet_api;
@@ -74,7 +75,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/logs/query", get(logs_api::query))
         .route("/api/logs/counts", get(logs_api::counts))
         .route("/api/logs/labels", get(logs_api::labels))
-        .route("/api/logs/label/{name}/values", get(logs_api::label_values));
+        .route("/api/logs/label/{name}/values", get(logs_api::label_values))
+        .route("/api/dashboards", get(dashboards_api::list))
+        .route("/api/dashboards/{id}", get(dashboards_api::one));
     let protected = if state.config.http.metrics_public {
         protected
     } else {

@@ -192,10 +192,17 @@ start_at = "beginning"
     let pid = child.id();
     let mut last_print = Instant::now();
     let deadline = start + Duration::from_secs(1800);
-    let mut rss_max = 0u64;
+    // The largest VmRSS sampled, with its anonymous (heap, stacks) and file-backed (the
+    // binary's pages) parts at that moment.
+    let (mut rss_max, mut anon_at_max, mut file_at_max) = (0u64, 0u64, 0u64);
     loop {
         let n = stored(&agg);
-        rss_max = rss_max.max(status_kib(pid, "VmRSS:").unwrap_or(0));
+        let rss = status_kib(pid, "VmRSS:").unwrap_or(0);
+        if rss > rss_max {
+            rss_max = rss;
+            anon_at_max = status_kib(pid, "RssAnon:").unwrap_or(0);
+            file_at_max = status_kib(pid, "RssFile:").unwrap_or(0);
+        }
         if n >= args.lines {
             break;
         }
@@ -226,10 +233,12 @@ start_at = "beginning"
         mib / secs
     );
     println!(
-        "agent: {cpu:.2} s CPU ({:.0}% of one core), peak RSS {:.1} MiB (VmHWM; sampled max VmRSS {:.1} MiB)",
+        "agent: {cpu:.2} s CPU ({:.0}% of one core), peak RSS {:.1} MiB (VmHWM; sampled max VmRSS {:.1} MiB = {:.1} anonymous + {:.1} file-backed)",
         100.0 * cpu / secs,
         hwm as f64 / 1024.0,
-        rss_max as f64 / 1024.0
+        rss_max as f64 / 1024.0,
+        anon_at_max as f64 / 1024.0,
+        file_at_max as f64 / 1024.0
     );
     println!(
         "baselines: cat > /dev/null {cat_rate:.0} lines/s ({:.0} MiB/s), loopback TCP copy {tcp_rate:.0} lines/s ({:.0} MiB/s)",

@@ -187,6 +187,8 @@ pub struct FileTailer {
     held: HashSet<FileId>,
     /// Open failures already logged.
     warned: HashSet<PathBuf>,
+    /// The buffer [`FileTailer::read`] reads into, kept between rounds.
+    read_buf: Vec<u8>,
 }
 
 fn file_id(m: &std::fs::Metadata) -> FileId {
@@ -247,6 +249,7 @@ impl FileTailer {
             candidates: Vec::new(),
             held: HashSet::new(),
             warned: HashSet::new(),
+            read_buf: Vec::new(),
         })
     }
 
@@ -470,7 +473,10 @@ impl FileTailer {
     pub fn read(&mut self, now: Instant, clock: &mut Clock, out: &mut Chunk) -> u64 {
         let mut total = 0;
         let orders: Vec<u64> = self.files.keys().copied().collect();
-        let mut buf = vec![0u8; READ_BYTES];
+        // One read buffer for the tailer's life: a fresh 256 KiB buffer per round is a fresh
+        // mapping (above the allocator's mmap threshold) whose pages fault in on every read.
+        let mut buf = std::mem::take(&mut self.read_buf);
+        buf.resize(READ_BYTES, 0);
         for order in orders {
             self.check_truncation(order, now, out);
             loop {
@@ -501,6 +507,7 @@ impl FileTailer {
             }
             self.checkpoint(order, out);
         }
+        self.read_buf = buf;
         total
     }
 
