@@ -226,22 +226,21 @@ pub async fn store_batch(
     store(buffer, metrics, wake, batch, Vec::new()).await
 }
 
-/// While connected, a log batch waits for the shipper as long as the buffer holds more than
-/// this: a file read faster than the aggregator takes it stays in the file (its position in the
-/// checkpoint) rather than in the buffer, whose sled cache grows with what it holds. Without a
-/// connection nothing waits: the buffer takes the backlog up to its bounds.
-pub const LOG_BACKLOG_WHILE_CONNECTED: u64 = 4 << 20;
-
 /// The longest a log batch waits for the backlog to drain (an aggregator that is connected but
 /// does not acknowledge must not stall the agent).
 const LOG_BACKLOG_WAIT: Duration = Duration::from_secs(5);
 
 /// Writes sealed log records with their checkpoints in one buffer transaction (or the
-/// checkpoints alone).
+/// checkpoints alone). While connected, a batch first waits for the shipper as long as the
+/// buffer holds more than `backlog_bytes` (`buffer.log_backlog_bytes`): a file read faster than
+/// the aggregator takes it stays in the file (its position in the checkpoint) rather than in the
+/// buffer, whose sled cache grows with what it holds. Without a connection nothing waits: the
+/// buffer takes the backlog up to its bounds.
 pub async fn store_logs(
     buffer: &Arc<Buffer>,
     metrics: &AgentMetrics,
     wake: &Notify,
+    backlog_bytes: u64,
     sealed: SealedLogs,
 ) {
     let checkpoints: Vec<_> = sealed.checkpoints.into_iter().collect();
@@ -249,7 +248,7 @@ pub async fn store_logs(
         Some(batch) => {
             let deadline = Instant::now() + LOG_BACKLOG_WAIT;
             while metrics.connected.get() == 1
-                && buffer.stats().bytes > LOG_BACKLOG_WHILE_CONNECTED
+                && buffer.stats().bytes > backlog_bytes
                 && Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -345,9 +344,11 @@ pub type Output = mpsc::Sender<Collected>;
 pub const CHANNEL_CAPACITY: usize = 256;
 
 /// Runs the batcher until every [`Output`] is dropped: seals batches by size or age and writes
-/// them to the buffer, and expires old batches from the buffer.
+/// them to the buffer (log batches paced by `log_backlog_bytes`, see [`store_logs`]), and
+/// expires old batches from the buffer.
 pub async fn run(
     batch: BatchConfig,
+    log_backlog_bytes: u64,
     buffer: Arc<Buffer>,
     metrics: AgentMetrics,
     wake: Arc<Notify>,
@@ -373,7 +374,7 @@ pub async fn run(
                             q.fetch_sub(records.len(), std::sync::atomic::Ordering::Relaxed);
                         }
                         for s in logs.add(records, checkpoints, Instant::now()) {
-                            store_logs(&buffer, &metrics, &wake, s).await;
+                            store_logs(&buffer, &metrics, &wake, log_backlog_bytes, s).await;
                         }
                         Vec::new()
                     }
@@ -382,7 +383,7 @@ pub async fn run(
                             store_batch(&buffer, &metrics, &wake, batch).await;
                         }
                         if let Some(s) = logs.take_due(Instant::now(), true) {
-                            store_logs(&buffer, &metrics, &wake, s).await;
+                            store_logs(&buffer, &metrics, &wake, log_backlog_bytes, s).await;
                         }
                         let _ = done.send(());
                         Vec::new()
@@ -392,7 +393,7 @@ pub async fn run(
                             store_batch(&buffer, &metrics, &wake, batch).await;
                         }
                         if let Some(s) = logs.take_due(Instant::now(), true) {
-                            store_logs(&buffer, &metrics, &wake, s).await;
+                            store_logs(&buffer, &metrics, &wake, log_backlog_bytes, s).await;
                         }
                         return;
                     }
@@ -408,7 +409,7 @@ pub async fn run(
             }
             _ = sleep_until(logs_due) => {
                 if let Some(s) = logs.take_due(Instant::now(), false) {
-                    store_logs(&buffer, &metrics, &wake, s).await;
+                    store_logs(&buffer, &metrics, &wake, log_backlog_bytes, s).await;
                 }
             }
             _ = expire.tick() => {

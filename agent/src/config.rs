@@ -137,7 +137,16 @@ pub struct BufferSettings {
     pub max_age_hours: f64,
     /// sled's page cache, in bytes.
     pub cache_bytes: u64,
+    /// While connected to an aggregator, a sealed log batch waits (at most 5 s) as long as the
+    /// buffer holds more than this many bytes: a file read faster than the aggregator takes it
+    /// stays in the file, at its checkpoint, instead of piling up in the buffer (whose memory
+    /// grows with what it holds). Without a connection nothing waits and the buffer takes the
+    /// backlog up to `max_bytes`. Between 64 KiB and `max_bytes`.
+    pub log_backlog_bytes: u64,
 }
+
+/// The default of `buffer.log_backlog_bytes`.
+pub const DEFAULT_LOG_BACKLOG_BYTES: u64 = 4 << 20;
 
 impl Default for BufferSettings {
     fn default() -> Self {
@@ -145,6 +154,7 @@ impl Default for BufferSettings {
             max_bytes: 256 * 1024 * 1024,
             max_age_hours: 24.0,
             cache_bytes: 4 * 1024 * 1024,
+            log_backlog_bytes: DEFAULT_LOG_BACKLOG_BYTES,
         }
     }
 }
@@ -340,6 +350,17 @@ impl AgentConfig {
             return Err(ConfigError::Invalid {
                 key: "buffer.max_bytes",
                 message: format!("{} is below the minimum of 64 KiB", self.buffer.max_bytes),
+            });
+        }
+        if self.buffer.log_backlog_bytes < 64 * 1024
+            || self.buffer.log_backlog_bytes > self.buffer.max_bytes
+        {
+            return Err(ConfigError::Invalid {
+                key: "buffer.log_backlog_bytes",
+                message: format!(
+                    "{} is not between 64 KiB and buffer.max_bytes ({})",
+                    self.buffer.log_backlog_bytes, self.buffer.max_bytes
+                ),
             });
         }
         self.validate_scrape()?;
@@ -552,5 +573,18 @@ mod tests {
         std::fs::write(&p, "[aggregator]\naddresses = [\"nohost\"]\n").unwrap();
         let err = AgentConfig::load(&p).unwrap_err().to_string();
         assert!(err.contains("aggregator.addresses"), "{err}");
+        for text in [
+            "[buffer]\nlog_backlog_bytes = 1000\n",
+            "[buffer]\nmax_bytes = 1048576\nlog_backlog_bytes = 2097152\n",
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let err = AgentConfig::load(&p).unwrap_err().to_string();
+            assert!(err.contains("buffer.log_backlog_bytes"), "{text}: {err}");
+        }
+        std::fs::write(&p, "[buffer]\nlog_backlog_bytes = 65536\n").unwrap();
+        assert_eq!(
+            AgentConfig::load(&p).unwrap().buffer.log_backlog_bytes,
+            65536
+        );
     }
 }

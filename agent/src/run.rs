@@ -405,6 +405,7 @@ pub fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     let (host, host_rx) = watch::channel(config.host.clone());
     let collector = tokio::spawn(collector::run(
         config.batch.clone(),
+        config.buffer.log_backlog_bytes,
         buffer.clone(),
         metrics.clone(),
         wake,
