@@ -349,6 +349,51 @@ async fn admin_uses_every_page_and_a_viewer_cannot_change_anything() {
     .unwrap();
     shot(&b, "logs").await;
 
+    // Live tail: a line written now shows up without searching again.
+    b.wait_testid("logs-tail", WAIT)
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait("the live tail switched on", WAIT, || async {
+        Ok(attr_of(&b, &testid("logs-tail"), "aria-pressed")
+            .await?
+            .filter(|p| p == "true"))
+    })
+    .await
+    .unwrap();
+    // the tail subscribes over the live feed; lines written before it took effect would
+    // only show on a new search, so keep writing until one arrives
+    let tailed = format!("{marker} from the live tail");
+    let mut written = 0;
+    let (fleet_ref, b_ref, rows_ref, tailed_ref) = (&fleet, &b, &log_rows, &tailed);
+    b.wait(
+        "a tailed line in the results without a new search",
+        WAIT,
+        || {
+            written += 1;
+            let line = format!("{tailed_ref} #{written}\n");
+            async move {
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(fleet_ref.path("app.log"))?;
+                std::io::Write::write_all(&mut f, line.as_bytes())?;
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                for row in b_ref.client.find_all(Locator::Css(rows_ref)).await? {
+                    if row.text().await?.contains(tailed_ref.as_str()) {
+                        return Ok(Some(()));
+                    }
+                }
+                Ok(None)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_not_reloaded(&b, "while tailing logs").await;
+    shot(&b, "logs-tail").await;
+
     // Query explorer: a row per series, then a bad query's error in words.
     nav(&b, "query").await;
     let input = b.wait_testid("query-input", WAIT).await.unwrap();
@@ -412,7 +457,23 @@ async fn admin_uses_every_page_and_a_viewer_cannot_change_anything() {
     // Dashboards from configuration.
     nav(&b, "dashboards").await;
     b.wait_testid("dashboard-list", WAIT).await.unwrap();
+    let link = format!("{}[data-id=\"fleet-hosts\"]", testid("dashboard-link"));
+    b.wait_css(&link, WAIT).await.unwrap();
     shot(&b, "dashboards").await;
+    b.wait_css(&link, WAIT)
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // a time chart of this host's figures, drawn from the shipped example's PromQL
+    b.wait_css(
+        &format!("{}[data-title=\"CPU use by host\"] canvas", testid("panel")),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    shot(&b, "dashboard-fleet-hosts").await;
     assert_not_reloaded(&b, "moving between pages").await;
 
     // A viewer: signed in, no button that acknowledges or silences.
