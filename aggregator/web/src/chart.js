@@ -26,7 +26,7 @@ export function seriesName(metric, legend) {
 }
 
 // A matrix (`[{metric, values: [[t, "v"], ...]}]`) as uPlot's columns on one time axis from
-// `start` to `end` by `step`, gaps as null.
+// `start` to `end` by `step`, gaps (and values that are not finite numbers) as null.
 export function matrixToColumns(matrix, { start, end, step }, legend) {
   const n = Math.floor((end - start) / step) + 1;
   const xs = Array.from({ length: n }, (_, i) => start + i * step);
@@ -36,7 +36,10 @@ export function matrixToColumns(matrix, { start, end, step }, legend) {
     const col = new Array(n).fill(null);
     for (const [t, v] of s.values) {
       const i = Math.round((t - start) / step);
-      if (i >= 0 && i < n) col[i] = parseFloat(v);
+      if (i < 0 || i >= n) continue;
+      const x = parseFloat(v);
+      // NaN and ±Inf ("NaN", "+Inf") cannot be drawn: a gap
+      col[i] = Number.isFinite(x) ? x : null;
     }
     cols.push(col);
     names.push(seriesName(s.metric, legend));
@@ -67,6 +70,13 @@ const liveCharts = new Set();
 export function redrawCharts() {
   themeCache = { theme: null };
   for (const c of liveCharts) c.redraw(false, true);
+}
+
+function fewPoints(u, si, i0, i1) {
+  const col = u.data[si];
+  let n = 0;
+  for (let i = i0; i <= i1; i++) if (col[i] !== null && col[i] !== undefined && ++n >= 12) return false;
+  return true;
 }
 
 // The legend at the last point that has a value in any series.
@@ -126,7 +136,9 @@ export function timeChart(el, { columns, names }, { kind = "line", unit, height 
         paths: bars,
         value: (u, v) => fmtUnit(v, unit),
         spanGaps: false,
-        points: { show: false },
+        // a line needs two neighbouring points: sparse data (a host that just started, a
+        // series with gaps) is drawn as dots too
+        points: { show: fewPoints, size: 5 },
       })),
     ],
   };

@@ -18,7 +18,7 @@ function renderList(root) {
   const list = h("div", { class: "dash-list", "data-testid": "dashboard-list" });
   const status = h("div", {});
   root.append(
-    h("div", { class: "dash-head" }, h("h1", {}, "Dashboards"), h("p", {}, "application views defined in files under configs/dashboards")),
+    h("div", { class: "dash-head" }, h("h1", {}, "Dashboards"), h("p", {}, "application views from the aggregator's dashboard files (the [dashboards] dir of aggregator.toml)")),
     status,
     errorsBox,
     list,
