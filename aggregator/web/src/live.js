@@ -19,7 +19,7 @@ let lastMessageAt = 0;
 let state = "closed";
 let opens = 0;
 
-const MAX_BACKOFF_MS = 10000;
+const MAX_BACKOFF_MS = 5000;
 const SILENCE_MS = 20000;
 
 function setState(s) {

@@ -204,11 +204,28 @@ function buildShell() {
     theme.title = dark ? "Light mode" : "Dark mode";
     theme.setAttribute("aria-label", theme.title);
   }
+  // A banner when the feed has been down for a moment: what is on screen is not current.
+  const banner = h("div", { class: "conn-banner", role: "status", "data-testid": "live-banner", hidden: true });
+  let lostAt = 0;
+  let bannerTimer = null;
   stopShell.push(
     onLiveState((s) => {
       liveDot.textContent = s === "live" ? "● live" : s === "closed" ? "○ offline" : `○ ${s}…`;
       liveDot.dataset.state = s;
+      if (s === "live") {
+        clearTimeout(bannerTimer);
+        bannerTimer = null;
+        lostAt = 0;
+        banner.hidden = true;
+      } else if (s === "reconnecting" && !lostAt) {
+        lostAt = Date.now();
+        bannerTimer = setTimeout(() => {
+          banner.textContent = `The connection to the aggregator was lost at ${new Date(lostAt).toLocaleTimeString()}; reconnecting. What you see is from before then.`;
+          banner.hidden = false;
+        }, 3000);
+      }
     }),
+    () => clearTimeout(bannerTimer),
   );
   // Back after a break (the aggregator restarted): fetch everything again at once.
   stopShell.push(
@@ -217,7 +234,7 @@ function buildShell() {
     }),
   );
   const main = h("div", { class: "page-slot" });
-  app.replaceChildren(header, main);
+  app.replaceChildren(header, banner, main);
   shell = { header, main, update };
   update();
 }
