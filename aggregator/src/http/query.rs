@@ -150,17 +150,28 @@ fn push_labels(out: &mut Vec<u8>, labels: &Labels) {
 /// `[seconds, "value"]`, as Prometheus writes a sample.
 fn push_point(out: &mut Vec<u8>, ts_ms: i64, v: f64) {
     out.push(b'[');
-    let _ = serde_json::to_writer(&mut *out, &(ts_ms as f64 / 1000.0));
+    promql::push_timestamp(out, ts_ms);
     out.extend_from_slice(b",\"");
-    out.extend_from_slice(format_value(v).as_bytes());
+    promql::push_go_float(out, v);
     out.extend_from_slice(b"\"]");
 }
 
-/// A query result as Prometheus' `data` object, written straight to JSON text: a range query
-/// over a thousand series has hundreds of thousands of points, and building a `Value` per
-/// point cost more than evaluating the query.
+/// Prometheus' success envelope around a query result, written straight to JSON text: a range
+/// query over a thousand series has hundreds of thousands of points, and building a `Value`
+/// per point cost more than evaluating the query. The buffer is sized up front from the number
+/// of points so that it is written once, not grown and copied.
 fn data_json(value: QueryValue) -> Vec<u8> {
-    let mut out = Vec::new();
+    const PREFIX: &[u8] = br#"{"status":"success","data":"#;
+    let capacity = match &value {
+        QueryValue::Matrix(series) => series
+            .iter()
+            .map(|s| 64 * s.labels.len() + 32 * s.samples.len() + 32)
+            .sum::<usize>(),
+        QueryValue::Vector { elems, .. } => elems.len() * 256,
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(PREFIX.len() + capacity + 64);
+    out.extend_from_slice(PREFIX);
     match value {
         QueryValue::Scalar { t, v } => {
             out.extend_from_slice(br#"{"resultType":"scalar","result":"#);
@@ -168,7 +179,7 @@ fn data_json(value: QueryValue) -> Vec<u8> {
         }
         QueryValue::String { t, v } => {
             out.extend_from_slice(br#"{"resultType":"string","result":["#);
-            let _ = serde_json::to_writer(&mut out, &(t as f64 / 1000.0));
+            promql::push_timestamp(&mut out, t);
             out.push(b',');
             push_str(&mut out, &v);
             out.push(b']');
@@ -207,7 +218,7 @@ fn data_json(value: QueryValue) -> Vec<u8> {
             out.push(b']');
         }
     }
-    out.push(b'}');
+    out.extend_from_slice(b"}}");
     out
 }
 
@@ -238,12 +249,8 @@ fn success(data: Value) -> Json<Value> {
     Json(json!({ "status": "success", "data": data }))
 }
 
-/// Prometheus' success envelope around a `data` object already in JSON.
-fn success_raw(data: Vec<u8>) -> Response {
-    let mut body = Vec::with_capacity(data.len() + 32);
-    body.extend_from_slice(br#"{"status":"success","data":"#);
-    body.extend_from_slice(&data);
-    body.push(b'}');
+/// A complete success body from [`data_json`] as a JSON response.
+fn success_raw(body: Vec<u8>) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         body,
@@ -251,7 +258,7 @@ fn success_raw(data: Vec<u8>) -> Response {
         .into_response()
 }
 
-/// Evaluates `query` at `eval_ms` into Prometheus' `data` object.
+/// Evaluates `query` at `eval_ms` into Prometheus' success body (envelope and `data`).
 pub(crate) fn evaluate(state: &AppState, query: &str, eval_ms: i64) -> Result<Vec<u8>, ApiError> {
     Ok(data_json(promql::instant(
         state.store.as_ref(),

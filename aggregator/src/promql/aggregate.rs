@@ -1,8 +1,9 @@
 //! Aggregation operators (`sum`, `avg`, `min`, `max`, `count`, `group`, `stddev`, `stdvar`,
 //! `topk`, `bottomk`, `quantile`, `count_values`) with `by`/`without`, as Prometheus computes them.
 
-use super::eval::Evaluator;
-use super::value::{self, Elem, Evaluated, Labels, Vector};
+use super::eval::{Evaluator, Shaped};
+use super::format::format_go_float;
+use super::value::{self, Elem, Evaluated, Labels, RangeSeries, Vector};
 use super::QueryError;
 use promql_parser::parser::token::{self, TokenId};
 use promql_parser::parser::{AggregateExpr, LabelModifier};
@@ -18,6 +19,16 @@ enum Param {
 
 /// Evaluates an aggregation at every step.
 pub(super) fn aggregate(ev: &Evaluator<'_>, agg: &AggregateExpr) -> Result<Evaluated, QueryError> {
+    Ok(ev.unshape(aggregate_shaped(ev, agg)?))
+}
+
+/// Evaluates an aggregation at every step: series-major when both the operator allows it (one
+/// running value per group and step) and its operand comes series-major, step by step
+/// otherwise.
+pub(super) fn aggregate_shaped(
+    ev: &Evaluator<'_>,
+    agg: &AggregateExpr,
+) -> Result<Shaped, QueryError> {
     let op = agg.op.id();
     if matches!(op, token::T_LIMITK | token::T_LIMIT_RATIO) {
         return Err(QueryError::BadData(format!(
@@ -58,11 +69,35 @@ pub(super) fn aggregate(ev: &Evaluator<'_>, agg: &AggregateExpr) -> Result<Evalu
             grouping.push(name.clone());
         }
     }
-    let Evaluated::Vector(steps) = ev.eval(&agg.expr)? else {
-        return Err(QueryError::BadData(format!(
-            "expected an instant vector in aggregation {}",
-            token::TokenType::new(op)
-        )));
+    let running = matches!(
+        op,
+        token::T_SUM
+            | token::T_AVG
+            | token::T_MIN
+            | token::T_MAX
+            | token::T_COUNT
+            | token::T_GROUP
+            | token::T_STDDEV
+            | token::T_STDVAR
+    );
+    let operand = if running {
+        ev.eval_shaped(&agg.expr)?
+    } else {
+        Shaped::Other(ev.eval(&agg.expr)?)
+    };
+    let steps = match operand {
+        Shaped::Series(series) => {
+            return Ok(Shaped::Series(aggregate_series(
+                ev, op, without, &grouping, series,
+            )))
+        }
+        Shaped::Other(Evaluated::Vector(steps)) => steps,
+        Shaped::Other(_) => {
+            return Err(QueryError::BadData(format!(
+                "expected an instant vector in aggregation {}",
+                token::TokenType::new(op)
+            )))
+        }
     };
     let mut out = Vec::with_capacity(steps.len());
     for (k, vec) in steps.into_iter().enumerate() {
@@ -76,7 +111,126 @@ pub(super) fn aggregate(ev: &Evaluator<'_>, agg: &AggregateExpr) -> Result<Evalu
         };
         out.push(aggregate_step(op, without, &grouping, scalar, label, vec)?);
     }
-    Ok(Evaluated::Vector(out))
+    Ok(Shaped::Other(Evaluated::Vector(out)))
+}
+
+/// The running value of one group at one step for `sum`, `avg`, `min`, `max`, `count`,
+/// `group`, `stddev`, `stdvar` and `count_values`, folded one element at a time in the order
+/// Prometheus folds them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Running {
+    /// Elements folded in (0: none yet).
+    count: u64,
+    value: f64,
+    mean: f64,
+}
+
+impl Running {
+    /// Folds in the element `v`.
+    fn add(&mut self, op: TokenId, v: f64) {
+        if self.count == 0 {
+            *self = Running {
+                count: 1,
+                value: match op {
+                    token::T_STDDEV | token::T_STDVAR => 0.0,
+                    token::T_GROUP => 1.0,
+                    _ => v,
+                },
+                mean: v,
+            };
+            return;
+        }
+        self.count += 1;
+        match op {
+            token::T_SUM => self.value += v,
+            token::T_AVG => {
+                let n = self.count as f64;
+                if self.mean.is_infinite() {
+                    if v.is_infinite() && (self.mean > 0.0) == (v > 0.0) {
+                        return;
+                    }
+                    if !v.is_infinite() && !v.is_nan() {
+                        return;
+                    }
+                }
+                self.mean += v / n - self.mean / n;
+            }
+            token::T_MAX if self.value < v || self.value.is_nan() => self.value = v,
+            token::T_MIN if self.value > v || self.value.is_nan() => self.value = v,
+            token::T_STDDEV | token::T_STDVAR => {
+                let delta = v - self.mean;
+                self.mean += delta / self.count as f64;
+                self.value += delta * (v - self.mean);
+            }
+            // count and count_values count; group stays 1
+            _ => {}
+        }
+    }
+
+    /// The aggregate of the elements folded in.
+    fn result(&self, op: TokenId) -> f64 {
+        match op {
+            token::T_AVG => self.mean,
+            token::T_COUNT | token::T_COUNT_VALUES => self.count as f64,
+            token::T_STDVAR => self.value / self.count as f64,
+            token::T_STDDEV => (self.value / self.count as f64).sqrt(),
+            _ => self.value,
+        }
+    }
+}
+
+/// `sum`, `avg`, `min`, `max`, `count`, `group`, `stddev` and `stdvar` over series-major input:
+/// each series' group is found once, not once per step, and its samples are folded into the
+/// group's value at each step. At every step the elements are folded in series order, as
+/// [`aggregate_step`] folds a step's vector, so the results are the same to the bit.
+fn aggregate_series(
+    ev: &Evaluator<'_>,
+    op: TokenId,
+    without: bool,
+    grouping: &[String],
+    series: Vec<RangeSeries>,
+) -> Vec<RangeSeries> {
+    let steps = ev.steps();
+    let mut index: HashMap<Vec<(String, String)>, usize> = HashMap::new();
+    let mut groups: Vec<(Labels, Vec<Running>)> = Vec::new();
+    for s in series {
+        let key = value::signature(&s.labels, !without, grouping);
+        let gi = match index.get(&key) {
+            Some(&gi) => gi,
+            None => {
+                index.insert(key.clone(), groups.len());
+                groups.push((group_labels(key), vec![Running::default(); steps]));
+                groups.len() - 1
+            }
+        };
+        let at = &mut groups[gi].1;
+        for x in &s.samples {
+            at[ev.step_index(x.timestamp_ms)].add(op, x.value);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(labels, at)| RangeSeries {
+            labels,
+            samples: at
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.count > 0)
+                .map(|(k, r)| fleetwatch_common::model::Sample {
+                    timestamp_ms: ev.step_time(k),
+                    value: r.result(op),
+                })
+                .collect(),
+        })
+        .filter(|s| !s.samples.is_empty())
+        .collect()
+}
+
+/// A group's label set from its signature.
+fn group_labels(key: Vec<(String, String)>) -> Labels {
+    key.into_iter()
+        .map(|(n, v)| fleetwatch_common::model::Label::new(n, v))
+        .collect()
 }
 
 fn valid_label_name(name: &str) -> bool {
@@ -85,24 +239,10 @@ fn valid_label_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Go's `strconv.FormatFloat(v, 'f', -1, 64)`.
-pub fn format_go_float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        format!("{v}")
-    }
-}
-
 struct Group {
     labels: Labels,
-    value: f64,
-    mean: f64,
-    count: u64,
+    running: Running,
+    /// The elements, for `topk`, `bottomk` and `quantile`.
     members: Vec<Elem>,
 }
 
@@ -114,6 +254,26 @@ fn aggregate_step(
     value_label: &str,
     vec: Vector,
 ) -> Result<Vector, QueryError> {
+    let keeps_members = matches!(op, token::T_TOPK | token::T_BOTTOMK | token::T_QUANTILE);
+    if !keeps_members
+        && !matches!(
+            op,
+            token::T_SUM
+                | token::T_AVG
+                | token::T_MIN
+                | token::T_MAX
+                | token::T_COUNT
+                | token::T_COUNT_VALUES
+                | token::T_GROUP
+                | token::T_STDDEV
+                | token::T_STDVAR
+        )
+    {
+        return Err(QueryError::BadData(format!(
+            "aggregation {} is not supported",
+            token::TokenType::new(op)
+        )));
+    }
     let k = if matches!(op, token::T_TOPK | token::T_BOTTOMK) {
         if !(param.is_finite() && param.abs() < 9.2e18) {
             return Err(QueryError::Execution(format!(
@@ -135,80 +295,27 @@ fn aggregate_step(
             e.labels = value::with_label(&e.labels, value_label, &format_go_float(e.value));
         }
         let key = value::signature(&e.labels, !without, grouping);
-        let Some(&gi) = index.get(&key) else {
-            let labels: Labels = key
-                .iter()
-                .map(|(n, v)| fleetwatch_common::model::Label::new(n, v))
-                .collect();
-            index.insert(key, groups.len());
-            groups.push(Group {
-                labels,
-                value: match op {
-                    token::T_STDDEV | token::T_STDVAR => 0.0,
-                    token::T_GROUP => 1.0,
-                    _ => e.value,
-                },
-                mean: e.value,
-                count: 1,
-                members: if matches!(op, token::T_TOPK | token::T_BOTTOMK | token::T_QUANTILE) {
-                    vec![e]
-                } else {
-                    Vec::new()
-                },
-            });
-            continue;
+        let gi = match index.get(&key) {
+            Some(&gi) => gi,
+            None => {
+                index.insert(key.clone(), groups.len());
+                groups.push(Group {
+                    labels: group_labels(key),
+                    running: Running::default(),
+                    members: Vec::new(),
+                });
+                groups.len() - 1
+            }
         };
         let g = &mut groups[gi];
-        let v = e.value;
-        match op {
-            token::T_SUM => g.value += v,
-            token::T_AVG => {
-                g.count += 1;
-                let n = g.count as f64;
-                if g.mean.is_infinite() {
-                    if v.is_infinite() && (g.mean > 0.0) == (v > 0.0) {
-                        continue;
-                    }
-                    if !v.is_infinite() && !v.is_nan() {
-                        continue;
-                    }
-                }
-                g.mean += v / n - g.mean / n;
-            }
-            token::T_MAX => {
-                if g.value < v || g.value.is_nan() {
-                    g.value = v
-                }
-            }
-            token::T_MIN => {
-                if g.value > v || g.value.is_nan() {
-                    g.value = v
-                }
-            }
-            token::T_COUNT | token::T_COUNT_VALUES => g.count += 1,
-            token::T_STDDEV | token::T_STDVAR => {
-                g.count += 1;
-                let delta = v - g.mean;
-                g.mean += delta / g.count as f64;
-                g.value += delta * (v - g.mean);
-            }
-            token::T_TOPK | token::T_BOTTOMK | token::T_QUANTILE => g.members.push(e),
-            token::T_GROUP => {}
-            other => {
-                return Err(QueryError::BadData(format!(
-                    "aggregation {} is not supported",
-                    token::TokenType::new(other)
-                )))
-            }
+        g.running.add(op, e.value);
+        if keeps_members {
+            g.members.push(e);
         }
     }
     let mut out = Vec::with_capacity(groups.len());
     for mut g in groups {
         let value = match op {
-            token::T_AVG => g.mean,
-            token::T_COUNT | token::T_COUNT_VALUES => g.count as f64,
-            token::T_STDVAR => g.value / g.count as f64,
-            token::T_STDDEV => (g.value / g.count as f64).sqrt(),
             token::T_QUANTILE => {
                 let values: Vec<f64> = g.members.iter().map(|e| e.value).collect();
                 quantile(param, values)
@@ -228,7 +335,7 @@ fn aggregate_step(
                 out.extend(g.members);
                 continue;
             }
-            _ => g.value,
+            _ => g.running.result(op),
         };
         out.push(Elem {
             labels: g.labels,

@@ -89,6 +89,18 @@ impl RangeInput {
     }
 }
 
+/// An expression's value in the shape its node produces most cheaply. Selectors, range
+/// functions and the common aggregations compute one series at a time over all steps
+/// (series-major), which saves building a vector per step and regrouping it into series for a
+/// range query's result; every other node works step by step.
+pub(super) enum Shaped {
+    /// Series with a sample, stamped with the step's time, at each step where they have a
+    /// value; no two share a label set.
+    Series(Vec<RangeSeries>),
+    /// Any value, step-major.
+    Other(Evaluated),
+}
+
 /// Milliseconds of a duration.
 pub(super) fn ms(d: &Duration) -> i64 {
     d.as_millis() as i64
@@ -249,11 +261,116 @@ impl<'a> Evaluator<'a> {
     /// An instant selector at every step: the newest sample within the lookback window, unless
     /// it is a staleness marker.
     pub(super) fn eval_selector(&self, vs: &VectorSelector) -> Result<Vec<Vector>, QueryError> {
-        Ok(self
-            .eval_selector_with_times(vs)?
-            .into_iter()
-            .map(|v| v.into_iter().map(|(e, _)| e).collect())
-            .collect())
+        Ok(self.steps_of(self.eval_selector_series(vs)?))
+    }
+
+    /// Evaluates `expr` at every step, series-major where its node computes that way.
+    pub(super) fn eval_shaped(&self, expr: &Expr) -> Result<Shaped, QueryError> {
+        match expr {
+            Expr::Paren(p) => self.eval_shaped(&p.expr),
+            Expr::VectorSelector(vs) => Ok(Shaped::Series(self.eval_selector_series(vs)?)),
+            Expr::Call(call) => functions::call_shaped(self, call),
+            Expr::Aggregate(agg) => aggregate::aggregate_shaped(self, agg),
+            e => Ok(Shaped::Other(self.eval(e)?)),
+        }
+    }
+
+    /// A shaped value as one value per step.
+    pub(super) fn unshape(&self, v: Shaped) -> Evaluated {
+        match v {
+            Shaped::Series(series) => Evaluated::Vector(self.steps_of(series)),
+            Shaped::Other(v) => v,
+        }
+    }
+
+    /// The time of step `k`.
+    pub(super) fn step_time(&self, k: usize) -> i64 {
+        self.start + k as i64 * self.step
+    }
+
+    /// The index of the step at time `t` (a step time of this evaluator).
+    pub(super) fn step_index(&self, t: i64) -> usize {
+        ((t - self.start) / self.step) as usize
+    }
+
+    /// Series-major values as one vector per step, each step's elements in series order.
+    pub(super) fn steps_of(&self, series: Vec<RangeSeries>) -> Vec<Vector> {
+        let mut out: Vec<Vector> = vec![Vec::new(); self.steps()];
+        for s in series {
+            for x in &s.samples {
+                out[self.step_index(x.timestamp_ms)].push(Elem {
+                    labels: s.labels.clone(),
+                    value: x.value,
+                });
+            }
+        }
+        out
+    }
+
+    /// Series-major values whose label sets may repeat (a range function dropped the metric
+    /// name): kept series-major when they do not; otherwise step-major, refused when two
+    /// elements of one step have the same labels as Prometheus does.
+    pub(super) fn distinct(&self, series: Vec<RangeSeries>) -> Result<Shaped, QueryError> {
+        let mut seen = std::collections::HashSet::with_capacity(series.len());
+        if series.iter().all(|s| seen.insert(&s.labels)) {
+            return Ok(Shaped::Series(series));
+        }
+        let steps = self.steps_of(series);
+        check_unique(&steps)?;
+        Ok(Shaped::Other(Evaluated::Vector(steps)))
+    }
+
+    /// An instant selector series-major: for each selected series, a sample at every step
+    /// where its newest sample within the lookback window is not a staleness marker.
+    pub(super) fn eval_selector_series(
+        &self,
+        vs: &VectorSelector,
+    ) -> Result<Vec<RangeSeries>, QueryError> {
+        let matchers = selector_matchers(vs)?;
+        let at = self.at_ms(&vs.at);
+        let off = offset_ms(&vs.offset);
+        let steps = self.steps();
+        if steps == 0 {
+            return Ok(Vec::new());
+        }
+        let (lo, hi) = match at {
+            Some(a) => (a - off, a - off),
+            None => (self.start - off, self.end - off),
+        };
+        let lookback = self.settings.lookback_ms;
+        // a sample answers at most this many steps
+        let per_sample = (lookback / self.step) as usize + 1;
+        let selected = self.select(&matchers, lo - lookback, hi, None, 0)?;
+        let mut out = Vec::with_capacity(selected.len());
+        for s in selected {
+            let mut points =
+                Vec::with_capacity(steps.min(s.samples.len().saturating_mul(per_sample)));
+            let mut next = 0;
+            for k in 0..steps {
+                let t = self.step_time(k);
+                let r = at.unwrap_or(t) - off;
+                while next < s.samples.len() && s.samples[next].timestamp_ms <= r {
+                    next += 1;
+                }
+                let Some(sample) = next.checked_sub(1).map(|i| s.samples[i]) else {
+                    continue;
+                };
+                if sample.timestamp_ms < r - lookback || value::is_stale_marker(sample.value) {
+                    continue;
+                }
+                points.push(fleetwatch_common::model::Sample {
+                    timestamp_ms: t,
+                    value: sample.value,
+                });
+            }
+            if !points.is_empty() {
+                out.push(RangeSeries {
+                    labels: s.labels,
+                    samples: points,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Like [`Self::eval_selector`], with each sample's own timestamp (for `timestamp()`).
@@ -361,10 +478,14 @@ impl<'a> Evaluator<'a> {
             ..*self
         };
         let times = inner.times();
-        let series = match inner.eval(&sq.expr)? {
-            Evaluated::Scalar(values) => vec![scalar_series(&times, values)],
-            Evaluated::Vector(steps) => to_series(&times, steps),
-            Evaluated::String(_) => {
+        let series = match inner.eval_shaped(&sq.expr)? {
+            Shaped::Series(mut series) => {
+                series.sort_by(|a, b| a.labels.cmp(&b.labels));
+                series
+            }
+            Shaped::Other(Evaluated::Scalar(values)) => vec![scalar_series(&times, values)],
+            Shaped::Other(Evaluated::Vector(steps)) => to_series(&times, steps),
+            Shaped::Other(Evaluated::String(_)) => {
                 return Err(QueryError::BadData(
                     "subquery is only allowed on instant vector or scalar".into(),
                 ))

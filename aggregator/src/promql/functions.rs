@@ -3,8 +3,8 @@
 //! interpolation in `histogram_quantile`).
 
 use super::aggregate::quantile;
-use super::eval::{check_unique, selector_matchers, unparen, Evaluator, RangeInput};
-use super::value::{self, Elem, Evaluated, Labels, Vector};
+use super::eval::{check_unique, selector_matchers, unparen, Evaluator, RangeInput, Shaped};
+use super::value::{self, Elem, Evaluated, Labels, RangeSeries, Vector};
 use super::QueryError;
 use fleetwatch_common::model::{Label, Sample};
 use promql_parser::label::MatchOp;
@@ -26,8 +26,26 @@ struct Window<'a> {
 
 /// Evaluates a function call at every step.
 pub(super) fn call(ev: &Evaluator<'_>, call: &Call) -> Result<Evaluated, QueryError> {
+    Ok(ev.unshape(call_shaped(ev, call)?))
+}
+
+/// Evaluates a function call at every step: the range functions series-major, the others step
+/// by step.
+pub(super) fn call_shaped(ev: &Evaluator<'_>, call: &Call) -> Result<Shaped, QueryError> {
     let name = call.func.name;
     let args: Vec<&Expr> = call.args.args.iter().map(|a| a.as_ref()).collect();
+    match range_call(ev, name, &args)? {
+        Some(out) => Ok(out),
+        None => Ok(Shaped::Other(step_call(ev, name, &args)?)),
+    }
+}
+
+/// The functions of a range vector, series-major; `None` for any other function.
+fn range_call(
+    ev: &Evaluator<'_>,
+    name: &'static str,
+    args: &[&Expr],
+) -> Result<Option<Shaped>, QueryError> {
     let out = match name {
         "rate" => range_fn(ev, name, args[0], true, |w| {
             extrapolated_rate(w, true, true)
@@ -99,6 +117,18 @@ pub(super) fn call(ev: &Evaluator<'_>, call: &Call) -> Result<Evaluated, QueryEr
                 ))
             })?
         }
+        _ => return Ok(None),
+    };
+    Ok(Some(out))
+}
+
+/// The functions of instant vectors and scalars, step by step.
+fn step_call(
+    ev: &Evaluator<'_>,
+    name: &'static str,
+    args: &[&Expr],
+) -> Result<Evaluated, QueryError> {
+    let out = match name {
         "absent_over_time" => absent_over_time(ev, args[0])?,
         "absent" => absent(ev, args[0])?,
         "abs" => map_values(ev, args[0], f64::abs)?,
@@ -203,8 +233,8 @@ pub(super) fn call(ev: &Evaluator<'_>, call: &Call) -> Result<Evaluated, QueryEr
             }
             return Ok(Evaluated::Vector(steps));
         }
-        "label_replace" => label_replace(ev, &args)?,
-        "label_join" => label_join(ev, &args)?,
+        "label_replace" => label_replace(ev, args)?,
+        "label_join" => label_join(ev, args)?,
         "histogram_quantile" => histogram_quantile(ev, args[0], args[1])?,
         "minute" | "hour" | "day_of_month" | "day_of_week" | "day_of_year" | "days_in_month"
         | "month" | "year" => date_fn(ev, name, args.first().copied())?,
@@ -271,23 +301,19 @@ fn map_values_k(
     Ok(Evaluated::Vector(steps))
 }
 
-/// Applies a range function to every series' window at every step.
+/// Applies a range function to every series' window at every step, series by series.
 fn range_fn(
     ev: &Evaluator<'_>,
     func: &'static str,
     arg: &Expr,
     drop_name: bool,
     f: impl Fn(&Window<'_>) -> Option<f64>,
-) -> Result<Evaluated, QueryError> {
+) -> Result<Shaped, QueryError> {
     let input = ev.eval_range_input(arg, Some(func))?;
     let times = ev.times();
-    let mut out: Vec<Vector> = vec![Vec::new(); times.len()];
+    let mut out: Vec<RangeSeries> = Vec::with_capacity(input.series.len());
     for s in &input.series {
-        let labels = if drop_name {
-            value::drop_name(&s.labels)
-        } else {
-            s.labels.clone()
-        };
+        let mut points = Vec::with_capacity(times.len());
         for_each_window(&input, &s.samples, &times, |k, t, start, end, samples| {
             let w = Window {
                 samples,
@@ -298,14 +324,26 @@ fn range_fn(
                 k,
             };
             if let Some(v) = f(&w) {
-                out[k].push(Elem {
-                    labels: labels.clone(),
+                points.push(Sample {
+                    timestamp_ms: t,
                     value: v,
                 });
             }
         });
+        if points.is_empty() {
+            continue;
+        }
+        let labels = if drop_name {
+            value::drop_name(&s.labels)
+        } else {
+            s.labels.clone()
+        };
+        out.push(RangeSeries {
+            labels,
+            samples: points,
+        });
     }
-    Ok(Evaluated::Vector(out))
+    ev.distinct(out)
 }
 
 /// Calls `f(step, t, window_start, window_end, samples)` for every step whose window holds a
@@ -552,8 +590,8 @@ fn absent(ev: &Evaluator<'_>, arg: &Expr) -> Result<Evaluated, QueryError> {
 }
 
 fn absent_over_time(ev: &Evaluator<'_>, arg: &Expr) -> Result<Evaluated, QueryError> {
-    let Evaluated::Vector(steps) = range_fn(ev, "absent_over_time", arg, true, |_| Some(1.0))?
-    else {
+    let shaped = range_fn(ev, "absent_over_time", arg, true, |_| Some(1.0))?;
+    let Evaluated::Vector(steps) = ev.unshape(shaped) else {
         unreachable!("range_fn returns vectors")
     };
     Ok(absent_where_empty(steps, absent_labels(arg)))

@@ -3,24 +3,27 @@
 //! subqueries, extrapolated `rate`). Parsing is the promql-parser crate's; everything after
 //! the AST is here.
 //!
-//! Expressions are evaluated step-major: every node yields one value per evaluation step, so a
-//! range query and an instant query (one step) take the same path.
+//! Every node yields a value at every evaluation step, so a range query and an instant query
+//! (one step) take the same path. Selectors, range functions and the common aggregations work
+//! series-major (one series over all steps at a time, straight into a range query's result);
+//! the other nodes work step-major (one vector per step).
 
 mod aggregate;
 mod binary;
 mod eval;
+mod format;
 mod functions;
 mod value;
 
 #[cfg(test)]
 mod tests;
 
-pub use aggregate::format_go_float as format_value;
 pub use eval::{selector_matchers, SelectHints, SeriesSource, Settings};
+pub use format::{format_go_float as format_value, push_go_float, push_timestamp};
 pub use functions::civil_from_days;
 pub use value::{get as label_value, is_stale_marker, Labels, RangeSeries};
 
-use eval::{scalar_series, to_series, unparen, Evaluator};
+use eval::{scalar_series, to_series, unparen, Evaluator, Shaped};
 use promql_parser::parser::{self, Expr};
 use std::cell::Cell;
 use value::Evaluated;
@@ -164,10 +167,14 @@ pub fn range(
     let loaded = Cell::new(0);
     let ev = Evaluator::new(source, settings, start_ms, end_ms, step_ms, &loaded);
     let times = ev.times();
-    Ok(QueryValue::Matrix(match ev.eval(&expr)? {
-        Evaluated::Scalar(values) => vec![scalar_series(&times, values)],
-        Evaluated::Vector(steps) => to_series(&times, steps),
-        Evaluated::String(_) => return Err(QueryError::BadData(
+    Ok(QueryValue::Matrix(match ev.eval_shaped(&expr)? {
+        Shaped::Series(mut series) => {
+            series.sort_by(|a, b| a.labels.cmp(&b.labels));
+            series
+        }
+        Shaped::Other(Evaluated::Scalar(values)) => vec![scalar_series(&times, values)],
+        Shaped::Other(Evaluated::Vector(steps)) => to_series(&times, steps),
+        Shaped::Other(Evaluated::String(_)) => return Err(QueryError::BadData(
             "invalid expression type \"string\" for range query, must be Scalar or instant Vector"
                 .into(),
         )),

@@ -249,3 +249,84 @@ fn duplicate_labelsets_are_refused() {
     let err = instant(&src, Settings::default(), "-{x=\"1\"}", 0).unwrap_err();
     assert!(err.to_string().contains("same labelset"), "{err}");
 }
+
+#[test]
+fn range_functions_dropping_names_refuse_overlaps_and_join_disjoint_series() {
+    // `a` has samples from 0 to 4 min, `b` from 20 min to 24 min: same labels once the
+    // names are gone
+    let mut late = series("b", &[("x", "1")], 60, &[5.0, 6.0, 7.0, 8.0, 9.0]);
+    for s in &mut late.2 {
+        s.timestamp_ms += 20 * 60_000;
+    }
+    let src = Mem(vec![
+        series("a", &[("x", "1")], 60, &ramp(1.0, 1.0, 5)),
+        late,
+    ]);
+    // windows that see both at one step are refused, as Prometheus refuses them
+    let err = range(
+        &src,
+        Settings::default(),
+        "max_over_time({x=\"1\"}[30m])",
+        0,
+        24 * 60_000,
+        60_000,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("same labelset"), "{err}");
+    // windows that never see both make one series, in time order
+    let QueryValue::Matrix(m) = range(
+        &src,
+        Settings::default(),
+        "max_over_time({x=\"1\"}[2m])",
+        0,
+        24 * 60_000,
+        60_000,
+    )
+    .unwrap() else {
+        panic!("a range query returns a matrix")
+    };
+    assert_eq!(m.len(), 1);
+    let times: Vec<i64> = m[0]
+        .samples
+        .iter()
+        .map(|s| s.timestamp_ms / 60_000)
+        .collect();
+    assert_eq!(times, vec![0, 1, 2, 3, 4, 5, 6, 20, 21, 22, 23, 24]);
+    assert_eq!(m[0].samples.last().map(|s| s.value), Some(9.0));
+}
+
+#[test]
+fn range_query_aggregations_equal_instant_queries_at_each_step() {
+    let src = fixture();
+    for q in [
+        "sum by (path) (rate(http_requests_total[5m]))",
+        "avg without (path) (http_requests_total)",
+        "avg by (room) (temp)",
+        "stddev(http_requests_total)",
+        "count(http_requests_total)",
+        "max by (job) (http_requests_total)",
+    ] {
+        let QueryValue::Matrix(m) = range(&src, Settings::default(), q, 0, 600_000, 60_000)
+            .unwrap_or_else(|e| panic!("{q}: {e}"))
+        else {
+            panic!("{q}: not a matrix")
+        };
+        assert!(!m.is_empty(), "{q}: no series");
+        for t in (0..=600_000).step_by(60_000) {
+            let QueryValue::Vector { elems, .. } =
+                instant(&src, Settings::default(), q, t).unwrap()
+            else {
+                panic!("{q}: not a vector")
+            };
+            for (labels, v) in elems {
+                let s = m.iter().find(|s| s.labels == labels).expect("same series");
+                let p = s
+                    .samples
+                    .iter()
+                    .find(|p| p.timestamp_ms == t)
+                    .expect("step");
+                assert_eq!(p.value.to_bits(), v.to_bits(), "{q} at {t}");
+            }
+        }
+    }
+}
