@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! blocks/SEQ-MINT-MAXT/
-//!   chunks      chunks back to back: each a tag byte, then scaled-integer or Gorilla
-//!               samples (`chunk::encode_block_chunk`); blocks of format 0 hold bare Gorilla
+//!   chunks      chunks back to back: each a tag byte, then packed scaled integers or Gorilla
+//!               samples (`chunk::encode_block_chunk`); a packed chunk takes its first and last
+//!               timestamps from the index; blocks of format 0 hold bare Gorilla
 //!   index       the series, their types and chunk references (fleetwatch codec frame)
 //!   meta.json   window, resolution, counts
 //! ```
@@ -45,7 +46,8 @@ pub struct BlockMeta {
     #[serde(default)]
     pub source_seq: u64,
     /// How chunks are encoded: 0, bare Gorilla (blocks written before format 1); 1, a tag byte
-    /// per chunk (scaled integers or Gorilla).
+    /// per chunk (Gorilla, scaled integers in buckets, or packed scaled integers; see
+    /// [`super::chunk::decode_block_chunk`]).
     #[serde(default)]
     pub format: u32,
 }
@@ -251,13 +253,14 @@ impl Block {
                 if self.meta.format == 0 {
                     samples.extend(ChunkIter::new(&buf, c.count).filter(keep).map(sample));
                 } else {
-                    let decoded = decode_block_chunk(&buf, c.count).map_err(|e| {
-                        format!(
-                            "{}: chunk at {}: {e}",
-                            self.dir.join("chunks").display(),
-                            c.offset
-                        )
-                    })?;
+                    let decoded =
+                        decode_block_chunk(&buf, c.count, c.mint, c.maxt).map_err(|e| {
+                            format!(
+                                "{}: chunk at {}: {e}",
+                                self.dir.join("chunks").display(),
+                                c.offset
+                            )
+                        })?;
                     samples.extend(decoded.into_iter().filter(keep).map(sample));
                 }
             }
@@ -339,6 +342,76 @@ mod tests {
                 vec![at(0, 1_699_000_000.0)],
             ),
         ]
+    }
+
+    #[test]
+    fn blocks_keep_every_value_and_time_through_select() {
+        let t0 = 1_700_000_000_000i64;
+        let series = |name: &str| Series::new(name, [Label::new("host", "a")]);
+        // a regular counter long enough for several chunks, irregular times, special values
+        let counter: Vec<Sample> = (0..2500)
+            .map(|i| Sample {
+                timestamp_ms: t0 + i * 15_000,
+                value: (1_000_000 + i * i * 7) as f64 / 100.0,
+            })
+            .collect();
+        let specials = [
+            f64::NAN,
+            f64::from_bits(0x7ff0_0000_0000_0002),
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.0,
+            f64::MAX,
+            5e-324,
+            1e-300,
+        ];
+        let irregular: Vec<Sample> = (0..300)
+            .map(|i| Sample {
+                timestamp_ms: t0 + i * 15_000 + (i * i) % 977,
+                value: if i % 50 == 7 {
+                    specials[(i / 50) as usize]
+                } else {
+                    (i % 13) as f64 * 0.5
+                },
+            })
+            .collect();
+        let want = vec![
+            (series("irregular"), MetricKind::Gauge, irregular),
+            (series("regular_total"), MetricKind::Counter, counter),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let meta = BlockMeta {
+            seq: 1,
+            mint: t0,
+            maxt: t0 + 86_400_000,
+            resolution_ms: 0,
+            series: 0,
+            samples: 0,
+            bytes: 0,
+            source_seq: 0,
+            format: FORMAT,
+        };
+        let block = write(dir.path(), meta, want.clone()).unwrap();
+        let block = Block::open(&block.dir).unwrap();
+        let bits = |v: &[Sample]| -> Vec<(i64, u64)> {
+            v.iter()
+                .map(|s| (s.timestamp_ms, s.value.to_bits()))
+                .collect()
+        };
+        // whole, and a window cutting chunks on both sides
+        for (start, end) in [(i64::MIN, i64::MAX), (t0 + 1_000_001, t0 + 20_000_000)] {
+            let got = block.select(&[], start, end).unwrap();
+            assert_eq!(got.len(), 2);
+            for ((gs, gk, gv), (ws, wk, wv)) in got.iter().zip(&want) {
+                assert_eq!((gs, gk), (ws, wk));
+                let inside: Vec<Sample> = wv
+                    .iter()
+                    .filter(|s| s.timestamp_ms >= start && s.timestamp_ms <= end)
+                    .copied()
+                    .collect();
+                assert_eq!(bits(gv), bits(&inside), "{}", gs.name);
+            }
+        }
     }
 
     fn fixture_dir() -> PathBuf {

@@ -8,15 +8,18 @@
 //! Persisted blocks use a second encoding where it fits ([`encode_block_chunk`]): most metric
 //! values are decimals with few fractional digits (CPU seconds in hundredths, byte counts,
 //! sizes), whose float bits change almost entirely from one sample to the next, so XOR saves
-//! little. Scaled to integers they are stored as delta-of-delta in variable-width buckets, like
-//! the timestamps: a counter with a steady rate takes a bit or two, one with a wandering rate
-//! a dozen, where XOR takes thirty to fifty. A chunk whose values do not all round-trip bit for
-//! bit through such a scaling (NaN, staleness markers, binary fractions) stays Gorilla.
+//! little. Scaled to integers they are written as packed chunks ([`super::packed`]): residuals
+//! of the predictor that fits the chunk, in Rice codes. Blocks written earlier hold them as
+//! delta-of-delta in variable-width buckets (encodings 1 and 2), still read here. A chunk whose
+//! values do not all round-trip bit for bit through such a scaling (NaN, staleness markers,
+//! binary fractions, -0.0) stays Gorilla.
+
+use super::packed::{self, ENCODING_PACKED};
 
 /// Bucket widths of timestamp deltas-of-deltas (Gorilla's).
 const TIME_BUCKETS: &[u8] = &[7, 9, 12];
 
-/// Bucket widths of scaled-integer value deltas-of-deltas.
+/// Bucket widths of scaled-integer value deltas-of-deltas (encodings 1 and 2, read only).
 const VALUE_BUCKETS: &[u8] = &[7, 13, 20, 32];
 
 /// Appends bits to a byte vector, most significant first.
@@ -318,7 +321,8 @@ const ENCODING_GORILLA: u8 = 0;
 /// Scaled integers (blocks written before the common factor).
 const ENCODING_DECIMAL: u8 = 1;
 /// Scaled integers whose steps are stored divided by their greatest common divisor (byte
-/// counts in whole pages or blocks move in multiples of 4096).
+/// counts in whole pages or blocks move in multiples of 4096), as delta-of-delta in buckets
+/// (blocks written before packed chunks, [`ENCODING_PACKED`]).
 const ENCODING_DECIMAL_FACTOR: u8 = 2;
 
 /// Largest common step divided out of a chunk's values.
@@ -339,8 +343,9 @@ fn decimal_scale(values: impl Iterator<Item = f64> + Clone) -> Option<u8> {
     })
 }
 
-/// Encodes samples (time-ordered) for a block: a tag byte, then scaled-integer
-/// delta-of-delta values when they all fit ([`decimal_scale`]), otherwise a Gorilla chunk.
+/// Encodes samples (time-ordered, non-empty) for a block: a tag byte, then a packed chunk
+/// ([`super::packed`]) of scaled integers when every value fits ([`decimal_scale`]), otherwise
+/// a Gorilla chunk.
 pub fn encode_block_chunk(samples: &[(i64, f64)]) -> Vec<u8> {
     let Some(digits) = decimal_scale(samples.iter().map(|s| s.1)) else {
         let mut w = ChunkWriter::default();
@@ -361,47 +366,21 @@ pub fn encode_block_chunk(samples: &[(i64, f64)]) -> Vec<u8> {
         g @ 2..=MAX_FACTOR => g as i64,
         _ => 1,
     };
-    let mut bits = BitWriter {
-        bytes: vec![ENCODING_DECIMAL_FACTOR, digits],
-        used: 0,
-    };
-    bits.write_varint(factor);
-    let (mut last_t, mut last_dt, mut last_x, mut last_dx) = (0i64, 0i64, 0i64, 0i64);
-    for (i, (&(t, _), &scaled)) in samples.iter().zip(&xs).enumerate() {
-        // after the first, values are kept in units of the common step
-        let x = if i == 0 {
-            scaled
-        } else {
-            last_x.wrapping_add(scaled.wrapping_sub(xs[i - 1]) / factor)
-        };
-        match i {
-            0 => {
-                bits.write_varint(t);
-                bits.write_varint(x);
-            }
-            1 => {
-                last_dt = t.wrapping_sub(last_t);
-                last_dx = x.wrapping_sub(last_x);
-                bits.write_varint(last_dt);
-                bits.write_varint(last_dx);
-            }
-            _ => {
-                let (dt, dx) = (t.wrapping_sub(last_t), x.wrapping_sub(last_x));
-                bits.write_bucketed(dt.wrapping_sub(last_dt), TIME_BUCKETS);
-                bits.write_bucketed(dx.wrapping_sub(last_dx), VALUE_BUCKETS);
-                (last_dt, last_dx) = (dt, dx);
-            }
-        }
-        (last_t, last_x) = (t, x);
-    }
-    bits.bytes
+    packed::encode(samples, digits, &xs, factor)
 }
 
-/// Decodes a chunk written by [`encode_block_chunk`] holding `count` samples.
-pub fn decode_block_chunk(bytes: &[u8], count: u32) -> Result<Vec<(i64, f64)>, String> {
+/// Decodes a chunk written by [`encode_block_chunk`] (or an earlier encoding) holding `count`
+/// samples from `mint` to `maxt` (its first and last timestamps, from the block index).
+pub fn decode_block_chunk(
+    bytes: &[u8],
+    count: u32,
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<(i64, f64)>, String> {
     let (&tag, rest) = bytes.split_first().ok_or("empty chunk")?;
     let out: Vec<(i64, f64)> = match tag {
         ENCODING_GORILLA => ChunkIter::new(rest, count).collect(),
+        ENCODING_PACKED => packed::decode(rest, count, mint, maxt)?,
         ENCODING_DECIMAL | ENCODING_DECIMAL_FACTOR => {
             let (&digits, rest) = rest.split_first().ok_or("truncated chunk")?;
             if digits > 6 {
@@ -554,7 +533,8 @@ mod tests {
 
     fn block_round_trip(samples: &[(i64, f64)]) -> usize {
         let bytes = encode_block_chunk(samples);
-        let back = decode_block_chunk(&bytes, samples.len() as u32).unwrap();
+        let (mint, maxt) = (samples[0].0, samples[samples.len() - 1].0);
+        let back = decode_block_chunk(&bytes, samples.len() as u32, mint, maxt).unwrap();
         assert_eq!(back.len(), samples.len());
         for (a, b) in back.iter().zip(samples) {
             assert_eq!(a.0, b.0);
@@ -578,7 +558,7 @@ mod tests {
             gorilla.append(t, v);
         }
         let packed = block_round_trip(&samples);
-        assert_eq!(encode_block_chunk(&samples)[0], ENCODING_DECIMAL_FACTOR);
+        assert_eq!(encode_block_chunk(&samples)[0], ENCODING_PACKED);
         assert!(
             packed * 2 < gorilla.bytes().len(),
             "{packed} bytes vs Gorilla's {}",
@@ -590,9 +570,10 @@ mod tests {
     fn whole_pages_are_stored_as_page_counts() {
         // available memory moving in whole 4 KiB pages
         let mut bytes = 8_000_000_000i64;
+        let mut rng = 1;
         let pages: Vec<(i64, f64)> = (0..120)
             .map(|i| {
-                bytes += (i * 7919 % 2001 - 1000) * 4096;
+                bytes += super::super::packed::tests::noise(&mut rng, 1000) * 4096;
                 (i * 600_000, bytes as f64)
             })
             .collect();
@@ -609,18 +590,33 @@ mod tests {
         );
     }
 
+    /// `(i * 15 s, i² / 100)` for i in 0..50 as the encoder of encoding 2 wrote it.
+    const ENCODING_2_SQUARES: [u8; 69] = [
+        2, 2, 2, 0, 0, 176, 234, 1, 2, 64, 144, 36, 9, 2, 64, 144, 36, 9, 2, 64, 144, 36, 9, 2, 64,
+        144, 36, 9, 2, 64, 144, 36, 9, 2, 64, 144, 36, 9, 2, 64, 144, 36, 9, 2, 64, 144, 36, 9, 2,
+        64, 144, 36, 9, 2, 64, 144, 36, 9, 2, 64, 144, 36, 9, 2, 64, 144, 36, 9, 2,
+    ];
+
     #[test]
-    fn chunks_of_the_first_decimal_encoding_still_read() {
+    fn chunks_of_the_earlier_decimal_encodings_still_read() {
         let samples: Vec<(i64, f64)> = (0..50)
             .map(|i| (i * 15_000, (i * i) as f64 / 100.0))
             .collect();
-        let current = encode_block_chunk(&samples);
-        // with a factor of 1 the only difference is the factor's varint (one byte: 0x02)
-        assert_eq!(&current[..3], &[ENCODING_DECIMAL_FACTOR, 2, 0x02]);
-        let mut old = vec![ENCODING_DECIMAL, 2];
-        old.extend_from_slice(&current[3..]);
-        let back = decode_block_chunk(&old, 50).unwrap();
+        let back = decode_block_chunk(&ENCODING_2_SQUARES, 50, 0, 49 * 15_000).unwrap();
         assert_eq!(back, samples);
+        // encoding 1 is encoding 2 without the factor (here 1: the varint byte 0x02)
+        assert_eq!(
+            &ENCODING_2_SQUARES[..3],
+            &[ENCODING_DECIMAL_FACTOR, 2, 0x02]
+        );
+        let mut old = vec![ENCODING_DECIMAL, 2];
+        old.extend_from_slice(&ENCODING_2_SQUARES[3..]);
+        let back = decode_block_chunk(&old, 50, 0, 49 * 15_000).unwrap();
+        assert_eq!(back, samples);
+        // and the packed encoding takes a fraction of it
+        let packed = encode_block_chunk(&samples);
+        assert_eq!(packed[0], ENCODING_PACKED);
+        assert!(packed.len() * 3 < ENCODING_2_SQUARES.len(), "{packed:?}");
     }
 
     #[test]
@@ -632,11 +628,68 @@ mod tests {
         ];
         assert_eq!(encode_block_chunk(&samples)[0], ENCODING_GORILLA);
         block_round_trip(&samples);
-        assert!(decode_block_chunk(&[9, 0], 1).is_err());
-        assert!(decode_block_chunk(&[ENCODING_DECIMAL, 2], 3).is_err());
+        assert!(decode_block_chunk(&[9, 0], 1, 0, 0).is_err());
+        assert!(decode_block_chunk(&[ENCODING_DECIMAL, 2], 3, 0, 2).is_err());
+        assert!(decode_block_chunk(&[ENCODING_PACKED, 2], 3, 0, 2).is_err());
+    }
+
+    /// Values a block must keep bit for bit: decimals of any scale, and the ones that are not.
+    fn block_value() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            8 => (-(1i64 << 52)..(1i64 << 52), 0u32..7)
+                .prop_map(|(x, d)| x as f64 / 10f64.powi(d as i32)),
+            1 => prop::sample::select(vec![
+                f64::NAN,
+                f64::from_bits(0x7ff0_0000_0000_0002), // staleness marker
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                -0.0,
+                0.0,
+                f64::MAX,
+                f64::MIN,
+                f64::MIN_POSITIVE,
+                5e-324,
+                1e300,
+                -1e-300,
+                1.0 / 3.0,
+            ]),
+            1 => any::<f64>(),
+        ]
+    }
+
+    /// Timestamps from `start`: runs at a regular step, then irregular gaps.
+    fn block_times(start: i64, steps: &[(i64, bool)]) -> Vec<i64> {
+        let mut t = start;
+        let mut out = vec![t];
+        for &(gap, regular) in steps {
+            t += if regular { 15_000 } else { gap };
+            out.push(t);
+        }
+        out
     }
 
     proptest! {
+        #[test]
+        fn mixed_values_and_times_round_trip_in_blocks(
+            start in -1_000_000_000_000i64..1_000_000_000_000,
+            steps in proptest::collection::vec((1i64..100_000_000, any::<bool>()), 0..400),
+            values in proptest::collection::vec(block_value(), 401),
+            special_every in 1usize..500,
+        ) {
+            let times = block_times(start, &steps);
+            let samples: Vec<(i64, f64)> = times
+                .iter()
+                .zip(&values)
+                .enumerate()
+                // mostly decimal chunks, some with a special value now and then
+                .map(|(i, (&t, &v))| {
+                    let decimal = (v * 100.0).round() / 100.0;
+                    (t, if i % special_every == 0 || !decimal.is_finite() { v } else { decimal })
+                })
+                .collect();
+            block_round_trip(&samples);
+        }
+
         #[test]
         fn decimal_values_round_trip_in_blocks(
             start in -1_000_000_000_000i64..1_000_000_000_000,

@@ -4,6 +4,7 @@
 pub mod block;
 pub mod chunk;
 pub mod head;
+pub mod packed;
 pub mod rollup;
 
 use promql_parser::label::{MatchOp, Matcher};
