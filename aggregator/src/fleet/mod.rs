@@ -82,6 +82,8 @@ pub struct Fleet {
     checks: RwLock<BTreeMap<String, BTreeMap<String, CheckState>>>,
     stale_after_ms: i64,
     down_after_ms: i64,
+    /// The host summary's last fleet-wide pass (`summary.rs`).
+    pub(crate) summary_pass: summary::FleetPass,
 }
 
 impl Fleet {
@@ -122,6 +124,7 @@ impl Fleet {
             checks: RwLock::new(checks),
             stale_after_ms,
             down_after_ms,
+            summary_pass: summary::FleetPass::default(),
         })
     }
 

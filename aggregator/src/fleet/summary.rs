@@ -1,6 +1,8 @@
 //! The host summary the fleet overview shows beside each host: CPU, memory, swap and disk use,
 //! network traffic, load and firing alerts. One PromQL instant query per figure, grouped by
-//! `host`, so one pass costs the same handful of queries for the whole fleet.
+//! `host`, so one pass costs the same handful of queries for the whole fleet; the fleet's pass
+//! is shared by the host list and the live feed and served until it is
+//! [`FLEET_PASS_MAX_AGE_MS`] old (firing alerts are counted afresh on every request).
 
 use super::{Fleet, HostView};
 use crate::metrics::Metrics;
@@ -8,6 +10,12 @@ use crate::promql::{self, QueryError, QueryValue, SeriesSource, Settings};
 use crate::rules::lifecycle::{Alert, AlertState};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// How long the whole fleet's figures are served before a new pass: agents send host metrics
+/// every 10 s by default, so a fresher pass would mostly compute the same answer again, and a
+/// pass over 2,000 hosts costs about a second of CPU (`summary_bench`).
+pub const FLEET_PASS_MAX_AGE_MS: i64 = 5_000;
 
 /// Filesystem types that hold no data of their own (memory-backed, layered or read-only
 /// images); the agent already leaves out proc, sysfs and the like.
@@ -145,6 +153,9 @@ pub struct HostSummary {
     pub load1: Option<f64>,
     /// Firing alerts whose `host` label is this host.
     pub alerts_firing: u64,
+    /// The instant the figures are of (ms since the epoch): a fleet pass is reused for up to
+    /// [`FLEET_PASS_MAX_AGE_MS`].
+    pub at_ms: i64,
 }
 
 impl HostSummary {
@@ -169,12 +180,20 @@ pub struct Summaries {
     pub hosts: HashMap<String, HostSummary>,
     /// Figures left out of every summary, with why.
     pub failures: Vec<(Figure, QueryError)>,
+    /// The instant of the pass.
+    pub at_ms: i64,
 }
 
 impl Summaries {
     /// The summary of `host` (every figure null, no alerts, when it has none).
     pub fn of(&self, host: &str) -> HostSummary {
-        self.hosts.get(host).cloned().unwrap_or_default()
+        self.hosts
+            .get(host)
+            .cloned()
+            .unwrap_or_else(|| HostSummary {
+                at_ms: self.at_ms,
+                ..HostSummary::default()
+            })
     }
 }
 
@@ -186,7 +205,17 @@ pub fn summarize(
     host: Option<&str>,
     now_ms: i64,
 ) -> Summaries {
-    let mut out = Summaries::default();
+    let mut out = figures(source, host, now_ms);
+    count_firing(&mut out, alerts, host);
+    out
+}
+
+/// Every figure over `source` at `now_ms` for every host (or for `host` alone), without alerts.
+fn figures(source: &dyn SeriesSource, host: Option<&str>, now_ms: i64) -> Summaries {
+    let mut out = Summaries {
+        at_ms: now_ms,
+        ..Summaries::default()
+    };
     for figure in Figure::ALL {
         match promql::instant(source, Settings::default(), &figure.query(host), now_ms) {
             Ok(QueryValue::Vector { elems, .. }) => {
@@ -194,7 +223,10 @@ pub fn summarize(
                     if let Some(host) = promql::label_value(&labels, "host") {
                         out.hosts
                             .entry(host.to_string())
-                            .or_default()
+                            .or_insert_with(|| HostSummary {
+                                at_ms: now_ms,
+                                ..HostSummary::default()
+                            })
                             .set(figure, v);
                     }
                 }
@@ -206,15 +238,62 @@ pub fn summarize(
             Err(e) => out.failures.push((figure, e)),
         }
     }
+    out
+}
+
+/// Sets each host's `alerts_firing` from `alerts` (for `host` alone when given).
+fn count_firing(out: &mut Summaries, alerts: &[Alert], host: Option<&str>) {
+    for s in out.hosts.values_mut() {
+        s.alerts_firing = 0;
+    }
     for a in alerts.iter().filter(|a| a.state == AlertState::Firing) {
         match a.labels.get("host") {
             Some(h) if host.is_none_or(|want| want == h) => {
-                out.hosts.entry(h.clone()).or_default().alerts_firing += 1;
+                let at_ms = out.at_ms;
+                out.hosts
+                    .entry(h.clone())
+                    .or_insert_with(|| HostSummary {
+                        at_ms,
+                        ..HostSummary::default()
+                    })
+                    .alerts_firing += 1;
             }
             _ => {}
         }
     }
-    out
+}
+
+/// The last fleet pass, shared by everyone who asks within [`FLEET_PASS_MAX_AGE_MS`]; one pass
+/// runs at a time, and those who asked meanwhile take its result.
+#[derive(Default)]
+pub struct FleetPass {
+    last: Mutex<Option<Arc<Summaries>>>,
+    running: Mutex<()>,
+}
+
+impl FleetPass {
+    fn fresh(&self, now_ms: i64) -> Option<Arc<Summaries>> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref()
+            .filter(|s| (0..FLEET_PASS_MAX_AGE_MS).contains(&(now_ms - s.at_ms)))
+            .cloned()
+    }
+
+    /// The figures of every host, from a pass at most [`FLEET_PASS_MAX_AGE_MS`] old (a new
+    /// one when the last is older; its failed figures logged and counted once).
+    pub fn get(&self, source: &dyn SeriesSource, metrics: &Metrics, now_ms: i64) -> Arc<Summaries> {
+        if let Some(s) = self.fresh(now_ms) {
+            return s;
+        }
+        let _one_at_a_time = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = self.fresh(now_ms) {
+            return s;
+        }
+        let pass = Arc::new(figures(source, None, now_ms));
+        report_failures(&pass, metrics);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(pass.clone());
+        pass
+    }
 }
 
 /// A host with its summary, as `GET /api/fleet/hosts` and the live feed send it.
@@ -227,8 +306,9 @@ pub struct SummarizedHost {
     pub summary: HostSummary,
 }
 
-/// Every host of `fleet` with its summary, in the fleet's order. A failed figure is null for
-/// every host, logged and counted (`fleetwatch_host_summary_failures_total`).
+/// Every host of `fleet` with its summary, in the fleet's order: the figures of the fleet's
+/// shared pass, the firing alerts of now. A failed figure is null for every host, logged and
+/// counted (`fleetwatch_host_summary_failures_total`) once per pass.
 pub fn summarized_hosts(
     fleet: &Fleet,
     source: &dyn SeriesSource,
@@ -236,8 +316,13 @@ pub fn summarized_hosts(
     metrics: &Metrics,
     now_ms: i64,
 ) -> Vec<SummarizedHost> {
-    let summaries = summarize(source, alerts, None, now_ms);
-    report_failures(&summaries, metrics);
+    let pass = fleet.summary_pass.get(source, metrics, now_ms);
+    let mut summaries = Summaries {
+        hosts: pass.hosts.clone(),
+        failures: Vec::new(),
+        at_ms: pass.at_ms,
+    };
+    count_firing(&mut summaries, alerts, None);
     fleet
         .list(now_ms)
         .into_iter()
@@ -413,7 +498,13 @@ mod tests {
         assert_eq!(db.cpu_ratio, None);
         assert_eq!(db.alerts_firing, 2);
         let nobody = s.of("nobody");
-        assert_eq!(nobody, HostSummary::default());
+        assert_eq!(
+            nobody,
+            HostSummary {
+                at_ms: 60_000,
+                ..HostSummary::default()
+            }
+        );
         let json = serde_json::to_value(&nobody).unwrap();
         assert!(json["cpu_ratio"].is_null() && json["alerts_firing"] == 0);
         // one host alone: the same figures, nobody else's
