@@ -67,6 +67,19 @@ fn demo_shows_this_host_within_20_seconds() {
         printed.contains(&format!("http://127.0.0.1:{http}")),
         "the demo prints the URL"
     );
+    // The dashboard link signs in with the admin token, and the page it opens is served.
+    assert!(
+        printed.contains(&format!(
+            "http://127.0.0.1:{http}/#/login?token={}",
+            token.trim()
+        )),
+        "the demo prints the signed-in dashboard link\n{printed}"
+    );
+    let (code, page) = http_get_with(http, "/", "").unwrap();
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("/assets/app.js"), "{page}");
+    let (code, script) = http_get_with(http, "/assets/app.js", "").unwrap();
+    assert!(code == 200 && script.len() > 10_000, "{code}: {} bytes", script.len());
     // The token file is private.
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
