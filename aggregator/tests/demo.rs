@@ -79,7 +79,11 @@ fn demo_shows_this_host_within_20_seconds() {
     assert_eq!(code, 200, "{page}");
     assert!(page.contains("/assets/app.js"), "{page}");
     let (code, script) = http_get_with(http, "/assets/app.js", "").unwrap();
-    assert!(code == 200 && script.len() > 10_000, "{code}: {} bytes", script.len());
+    assert!(
+        code == 200 && script.len() > 10_000,
+        "{code}: {} bytes",
+        script.len()
+    );
     // The token file is private.
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
