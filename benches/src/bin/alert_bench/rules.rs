@@ -9,7 +9,7 @@ pub(crate) fn rule(i: usize) -> String {
     let alert = |name: &str, expr: String, for_: &str, summary: &str| {
         format!(
             "      - alert: {name}{v}\n        expr: '{expr}'\n        for: {for_}\n        labels:\n          severity: {}\n        annotations:\n          summary: \"{summary}\"\n",
-            if v % 3 == 0 { "critical" } else { "warning" }
+            if v.is_multiple_of(3) { "critical" } else { "warning" }
         )
     };
     let record =
