@@ -165,7 +165,7 @@ fn data_json(value: QueryValue) -> Vec<u8> {
     let capacity = match &value {
         QueryValue::Matrix(series) => series
             .iter()
-            .map(|s| 64 * s.labels.len() + 32 * s.samples.len() + 32)
+            .map(|s| 64 * s.labels.len() + 40 * s.samples.len() + 32)
             .sum::<usize>(),
         QueryValue::Vector { elems, .. } => elems.len() * 256,
         _ => 0,
@@ -207,11 +207,26 @@ fn data_json(value: QueryValue) -> Vec<u8> {
                 out.extend_from_slice(br#"{"metric":"#);
                 push_labels(&mut out, &s.labels);
                 out.extend_from_slice(br#","values":["#);
+                // a series' value often repeats from point to point (a constant series, a
+                // step shorter than the scrape interval): its text is copied, not formatted
+                let mut last: Option<(u64, std::ops::Range<usize>)> = None;
                 for (j, p) in s.samples.iter().enumerate() {
                     if j > 0 {
                         out.push(b',');
                     }
-                    push_point(&mut out, p.timestamp_ms, p.value);
+                    out.push(b'[');
+                    promql::push_timestamp(&mut out, p.timestamp_ms);
+                    out.extend_from_slice(b",\"");
+                    let bits = p.value.to_bits();
+                    match &last {
+                        Some((b, text)) if *b == bits => out.extend_from_within(text.clone()),
+                        _ => {
+                            let from = out.len();
+                            promql::push_go_float(&mut out, p.value);
+                            last = Some((bits, from..out.len()));
+                        }
+                    }
+                    out.extend_from_slice(b"\"]");
                 }
                 out.extend_from_slice(b"]}");
             }

@@ -84,6 +84,13 @@ pub fn format_go_float(v: f64) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// "00" to "99", for writing integers two digits at a time.
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
 /// Appends a millisecond timestamp as seconds, the way Prometheus' JSON has them: `1700000000`,
 /// `1700000000.5`, `1700000000.25`.
 pub fn push_timestamp(out: &mut Vec<u8>, ms: i64) {
@@ -91,33 +98,38 @@ pub fn push_timestamp(out: &mut Vec<u8>, ms: i64) {
         out.push(b'-');
     }
     let abs = ms.unsigned_abs();
-    let (secs, frac) = (abs / 1000, abs % 1000);
-    let mut buf = [0u8; 20];
+    let (mut secs, frac) = (abs / 1000, (abs % 1000) as usize);
+    let mut buf = [0u8; 24];
     let mut i = buf.len();
-    let mut s = secs;
-    loop {
+    while secs >= 100 {
+        let pair = (secs % 100) as usize * 2;
+        secs /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if secs >= 10 {
+        i -= 2;
+        let pair = secs as usize * 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         i -= 1;
-        buf[i] = b'0' + (s % 10) as u8;
-        s /= 10;
-        if s == 0 {
-            break;
-        }
+        buf[i] = b'0' + secs as u8;
     }
     out.extend_from_slice(&buf[i..]);
     if frac != 0 {
         let d = [
+            b'.',
             b'0' + (frac / 100) as u8,
-            b'0' + (frac / 10 % 10) as u8,
-            b'0' + (frac % 10) as u8,
+            PAIRS[frac % 100 * 2],
+            PAIRS[frac % 100 * 2 + 1],
         ];
-        let len = if d[2] != b'0' {
+        let len = if d[3] != b'0' {
+            4
+        } else if d[2] != b'0' {
             3
-        } else if d[1] != b'0' {
-            2
         } else {
-            1
+            2
         };
-        out.push(b'.');
         out.extend_from_slice(&d[..len]);
     }
 }
