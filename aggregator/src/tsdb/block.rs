@@ -55,6 +55,7 @@ pub struct BlockMeta {
 /// Most samples in one chunk of a block: blocks are read whole windows at a time, and a
 /// chunk's first sample costs a dozen bytes, so they are larger than the head's.
 const BLOCK_CHUNK_SAMPLES: usize = 1024;
+const _: () = assert!(BLOCK_CHUNK_SAMPLES as u32 <= super::packed::MAX_SAMPLES);
 
 /// The format new blocks are written in.
 pub const FORMAT: u32 = 1;

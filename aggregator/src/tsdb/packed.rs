@@ -30,6 +30,10 @@
 /// The tag byte of a packed chunk.
 pub const ENCODING_PACKED: u8 = 3;
 
+/// Most samples a packed chunk may hold (blocks write at most 1,024 per chunk); a larger count
+/// in an index is damage, refused before anything is allocated.
+pub const MAX_SAMPLES: u32 = 1 << 16;
+
 /// Largest unary part of a Rice code; this many zeros announce a residual written with its
 /// length instead.
 const QMAX: u32 = 24;
@@ -439,6 +443,9 @@ pub fn decode(bytes: &[u8], count: u32, mint: i64, maxt: i64) -> Result<Vec<(i64
     if digits > 6 {
         return Err(format!("chunk scale {digits} out of range"));
     }
+    if count > MAX_SAMPLES {
+        return Err(format!("packed chunk claims {count} samples"));
+    }
     let n = count as usize;
     if n == 0 {
         return Ok(Vec::new());
@@ -581,6 +588,35 @@ pub(super) mod tests {
             first_known: bool,
         ) {
             seq_round_trip(&xs, first_known);
+        }
+
+        #[test]
+        fn damaged_chunks_are_refused_or_read_without_panic(
+            samples in proptest::collection::vec((0i64..1_000_000, -1_000_000i64..1_000_000), 1..200),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in any::<prop::sample::Index>(),
+            count in 0u32..300,
+            junk in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut t = 1_700_000_000_000i64;
+            let pairs: Vec<(i64, f64)> = samples
+                .iter()
+                .map(|&(gap, x)| {
+                    t += gap + 1;
+                    (t, x as f64 / 100.0)
+                })
+                .collect();
+            let scaled: Vec<i64> = samples.iter().map(|s| s.1).collect();
+            let mut bytes = encode(&pairs, 2, &scaled, 1);
+            for (at, byte) in flips {
+                let i = at.index(bytes.len() - 1) + 1;
+                bytes[i] ^= byte;
+            }
+            bytes.truncate(cut.index(bytes.len()) + 1);
+            let (mint, maxt) = (pairs[0].0, pairs[pairs.len() - 1].0);
+            let _ = decode(&bytes[1..], pairs.len() as u32, mint, maxt);
+            let _ = decode(&bytes[1..], count, mint, maxt);
+            let _ = decode(&junk, count, mint, maxt);
         }
 
         #[test]
