@@ -18,6 +18,11 @@
 //! `checkpoints`, written in the same transaction as the batch holding the records up to that
 //! position ([`Buffer::push_with_checkpoints`]): after a crash the buffer holds either both the
 //! records and the position past them, or neither.
+//!
+//! An I/O error from sled (a full disk, typically) leaves sled refusing every later write until
+//! it is reopened, so the buffer then closes the database and reopens it by itself, with
+//! backoff, once a probe write goes through (see [`Buffer`]); meanwhile writes fail at once
+//! with [`BufferError::Unavailable`], which callers count as drops by [`BufferError::reason`].
 
 use fleetwatch_common::model::Lane;
 use fleetwatch_common::protocol::PendingBatches;
@@ -26,9 +31,9 @@ use sled::transaction::{
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tracing::warn;
+use tracing::{debug, error, info, warn};
 
 const NEXT_SEQ_KEY: &[u8] = b"next_seq";
 const VALUE_HEADER: usize = 9;
@@ -106,6 +111,19 @@ pub enum BufferError {
     /// sled failed.
     #[error("buffer at {0}: {1}")]
     Sled(PathBuf, sled::Error),
+    /// sled failed earlier (an I/O error, typically a full disk) and the buffer is closed until
+    /// a reopen succeeds; nothing is written meanwhile.
+    #[error("buffer at {path} is closed after an error ({error}) until a reopen succeeds; next attempt in {retry_in:?}")]
+    Unavailable {
+        /// The buffer's directory.
+        path: PathBuf,
+        /// The error that closed it, or that the last reopen attempt met.
+        error: String,
+        /// Short reason, as in [`BufferError::reason`].
+        reason: &'static str,
+        /// Until the next reopen attempt.
+        retry_in: Duration,
+    },
     /// The frame could not be made.
     #[error("encoding batch {0}: {1}")]
     Encode(u64, String),
@@ -114,14 +132,129 @@ pub enum BufferError {
     TooLarge(u64, u64),
 }
 
-/// The buffer.
-pub struct Buffer {
-    path: PathBuf,
+/// Short reason for a sled error: `disk_full` (ENOSPC or a quota) or `io_error`.
+fn sled_reason(e: &sled::Error) -> &'static str {
+    match e {
+        sled::Error::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) || io.raw_os_error() == Some(libc::ENOSPC) =>
+        {
+            "disk_full"
+        }
+        _ => "io_error",
+    }
+}
+
+/// Whether a sled error leaves the database unusable (sled keeps returning the first I/O error
+/// from every later write until it is reopened).
+fn is_fatal(e: &sled::Error) -> bool {
+    matches!(
+        e,
+        sled::Error::Io(_) | sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)
+    )
+}
+
+impl BufferError {
+    /// Short reason for counters: `disk_full`, `io_error`, `too_large` or `encode`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BufferError::Sled(_, e) => sled_reason(e),
+            BufferError::Unavailable { reason, .. } => reason,
+            BufferError::Encode(..) => "encode",
+            BufferError::TooLarge(..) => "too_large",
+        }
+    }
+
+    /// True when the buffer is closed after an earlier error (this call touched nothing).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, BufferError::Unavailable { .. })
+    }
+}
+
+/// The open sled database and its trees.
+struct Sled {
     db: sled::Db,
     data: sled::Tree,
     meta: sled::Tree,
     checkpoints: sled::Tree,
     chunks: sled::Tree,
+}
+
+impl Sled {
+    fn open(path: &Path, cache_bytes: u64) -> Result<Sled, sled::Error> {
+        let db = open_sled(path, cache_bytes)?;
+        Ok(Sled {
+            data: db.open_tree("batches")?,
+            meta: db.open_tree("meta")?,
+            checkpoints: db.open_tree("checkpoints")?,
+            chunks: db.open_tree("batch_chunks")?,
+            db,
+        })
+    }
+
+    fn chunk_range(&self, seq: u64) -> sled::Iter {
+        self.chunks
+            .range(chunk_key(seq, 0)..=chunk_key(seq, u32::MAX))
+    }
+
+    /// Removes the chunks of `seq` (an entry whose head is already gone or unreadable).
+    fn remove_chunks(&self, seq: u64) -> Result<(), sled::Error> {
+        for item in self.chunk_range(seq) {
+            let (k, _) = item?;
+            self.chunks.remove(k)?;
+        }
+        Ok(())
+    }
+
+    fn newest_seq(&self) -> u64 {
+        self.data
+            .last()
+            .ok()
+            .flatten()
+            .and_then(|(k, _)| key_seq(&k))
+            .unwrap_or(0)
+    }
+}
+
+/// First wait before reopening a buffer closed by an error; doubled after each failed attempt.
+const REOPEN_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between reopen attempts.
+const REOPEN_MAX: Duration = Duration::from_secs(30);
+/// Written and flushed by a reopen to prove the disk takes writes again.
+const PROBE_KEY: &[u8] = b"probe";
+
+/// Why and since when the buffer is closed.
+struct Closed {
+    since: Instant,
+    error: String,
+    reason: &'static str,
+    delay: Duration,
+    next_attempt: Instant,
+}
+
+/// The buffer.
+///
+/// When sled reports an I/O error (a full disk, typically) it refuses every later write until
+/// it is reopened, so the buffer closes the database at the first such error and reopens it,
+/// with a backoff of 1 s doubling to 30 s, at the next call after the wait: the reopen must
+/// also write and flush a probe key. Meanwhile every call fails at once with
+/// [`BufferError::Unavailable`] (reads find nothing). Everything committed before the error is
+/// still there after the reopen, and sequence numbers handed out before it are never reused.
+pub struct Buffer {
+    path: PathBuf,
+    /// The open database, `None` while closed after an error.
+    sled: RwLock<Option<Arc<Sled>>>,
+    /// Set while closed.
+    closed: Mutex<Option<Closed>>,
+    /// Errors that closed the database, since open.
+    failures: AtomicU64,
+    /// Successful reopens, since open.
+    reopens: AtomicU64,
+    /// One past the highest sequence number handed out (kept in memory, so that a number
+    /// given to a write that failed is not given again after a reopen).
+    seq_floor: AtomicU64,
     config: BufferConfig,
     bytes: AtomicU64,
     count: AtomicU64,
@@ -221,22 +354,41 @@ fn key_seq(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(k.try_into().ok()?))
 }
 
+/// Drops a closed database on a thread of its own once no call holds it any more: sled's drop
+/// waits for its flusher thread, which must not hold up the caller that met the error.
+fn close_in_background(mut old: Arc<Sled>) {
+    let spawned = std::thread::Builder::new()
+        .name("buffer-close".into())
+        .spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(sled) => return drop(sled),
+                    Err(still_shared) if Instant::now() < deadline => {
+                        old = still_shared;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        warn!(%error, "cannot start a thread to close the buffer's database");
+    }
+}
+
 impl Buffer {
     /// Opens (or creates) the buffer at `path`.
     pub fn open(path: &Path, config: BufferConfig) -> Result<Buffer, BufferError> {
         let err = |e| BufferError::Sled(path.to_path_buf(), e);
-        let db = open_sled(path, config.cache_bytes).map_err(err)?;
-        let data = db.open_tree("batches").map_err(err)?;
-        let meta = db.open_tree("meta").map_err(err)?;
-        let checkpoints = db.open_tree("checkpoints").map_err(err)?;
-        let chunks = db.open_tree("batch_chunks").map_err(err)?;
+        let sled = Sled::open(path, config.cache_bytes).map_err(err)?;
         let buffer = Buffer {
             path: path.to_path_buf(),
-            db,
-            data,
-            meta,
-            checkpoints,
-            chunks,
+            sled: RwLock::new(None),
+            closed: Mutex::new(None),
+            failures: AtomicU64::new(0),
+            reopens: AtomicU64::new(0),
+            seq_floor: AtomicU64::new(1),
             config,
             bytes: AtomicU64::new(0),
             count: AtomicU64::new(0),
@@ -247,10 +399,17 @@ impl Buffer {
             push_lock: Mutex::new(()),
             last_warn: Mutex::new(None),
         };
+        buffer.load_totals(&sled).map_err(err)?;
+        *buffer.sled.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(sled));
+        Ok(buffer)
+    }
+
+    /// Counts the entries (bytes and batches), removing unreadable ones.
+    fn load_totals(&self, s: &Sled) -> Result<(), sled::Error> {
         let (mut bytes, mut count) = (0u64, 0u64);
         let mut bad = Vec::new();
-        for item in buffer.data.iter() {
-            let (k, v) = item.map_err(err)?;
+        for item in s.data.iter() {
+            let (k, v) = item?;
             match key_seq(&k).zip(parse_head(&v)) {
                 Some((_, head)) => {
                     bytes += head.size();
@@ -260,28 +419,186 @@ impl Buffer {
             }
         }
         for k in bad {
-            buffer.data.remove(&k).map_err(err)?;
+            s.data.remove(&k)?;
             if let Some(seq) = key_seq(&k) {
-                buffer.remove_chunks(seq).map_err(err)?;
+                s.remove_chunks(seq)?;
             }
-            buffer.corrupt.fetch_add(1, Ordering::Relaxed);
-            warn!(path = %path.display(), "removed an unreadable buffer entry");
+            self.corrupt.fetch_add(1, Ordering::Relaxed);
+            warn!(path = %self.path.display(), "removed an unreadable buffer entry");
         }
-        buffer.bytes.store(bytes, Ordering::Relaxed);
-        buffer.count.store(count, Ordering::Relaxed);
-        Ok(buffer)
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.count.store(count, Ordering::Relaxed);
+        Ok(())
     }
 
-    fn err(&self, e: sled::Error) -> BufferError {
+    /// The open database, reopening it first when it was closed by an error and the backoff
+    /// has passed (blocking file I/O: writers and source threads only).
+    fn handle(&self) -> Result<Arc<Sled>, BufferError> {
+        match self.current() {
+            Ok(s) => Ok(s),
+            Err(_) => self.reopen_if_due(),
+        }
+    }
+
+    /// The open database, without trying to reopen it (reads and removals, which the shipper
+    /// makes from async code).
+    fn current(&self) -> Result<Arc<Sled>, BufferError> {
+        if let Some(s) = self.sled.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(s.clone());
+        }
+        let closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        Err(match closed.as_ref() {
+            Some(c) => self.unavailable(c),
+            None => BufferError::Unavailable {
+                path: self.path.clone(),
+                error: "being reopened".into(),
+                reason: "io_error",
+                retry_in: Duration::ZERO,
+            },
+        })
+    }
+
+    /// True while the database is open (no reopen attempt: cheap, for async code).
+    pub fn is_open(&self) -> bool {
+        self.sled
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    fn unavailable(&self, c: &Closed) -> BufferError {
+        BufferError::Unavailable {
+            path: self.path.clone(),
+            error: c.error.clone(),
+            reason: c.reason,
+            retry_in: c.next_attempt.saturating_duration_since(Instant::now()),
+        }
+    }
+
+    fn reopen_if_due(&self) -> Result<Arc<Sled>, BufferError> {
+        // One thread reopens; the others fail at once rather than wait for it.
+        let mut closed = match self.closed.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(BufferError::Unavailable {
+                    path: self.path.clone(),
+                    error: "being reopened".into(),
+                    reason: "io_error",
+                    retry_in: Duration::ZERO,
+                })
+            }
+        };
+        if let Some(s) = self.sled.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(s.clone());
+        }
+        let now = Instant::now();
+        let c = closed.get_or_insert_with(|| Closed {
+            since: now,
+            error: "closed".into(),
+            reason: "io_error",
+            delay: REOPEN_MIN,
+            next_attempt: now,
+        });
+        if now < c.next_attempt {
+            return Err(self.unavailable(c));
+        }
+        match self.try_reopen() {
+            Ok(s) => {
+                let s = Arc::new(s);
+                info!(
+                    path = %self.path.display(),
+                    closed_for = ?c.since.elapsed(),
+                    batches = self.count.load(Ordering::Relaxed),
+                    "buffer reopened; buffering again"
+                );
+                *self.sled.write().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
+                *closed = None;
+                self.reopens.fetch_add(1, Ordering::Relaxed);
+                Ok(s)
+            }
+            Err(e) => {
+                c.error = e.to_string();
+                c.reason = sled_reason(&e);
+                c.delay = (c.delay * 2).min(REOPEN_MAX);
+                c.next_attempt = Instant::now() + c.delay;
+                debug!(path = %self.path.display(), error = %e, retry_in = ?c.delay, "buffer reopen failed");
+                Err(self.unavailable(c))
+            }
+        }
+    }
+
+    /// Opens sled again, recounts, and proves that a write reaches the disk.
+    fn try_reopen(&self) -> Result<Sled, sled::Error> {
+        let s = Sled::open(&self.path, self.config.cache_bytes)?;
+        self.load_totals(&s)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        s.meta.insert(PROBE_KEY, &now.to_be_bytes())?;
+        s.db.flush()?;
+        Ok(s)
+    }
+
+    /// A sled error from an operation on `s`: an I/O error closes the database (it refuses every
+    /// later write until reopened); the error is returned either way.
+    fn fail(&self, s: &Arc<Sled>, e: sled::Error) -> BufferError {
+        if is_fatal(&e) {
+            let mut current = self.sled.write().unwrap_or_else(|p| p.into_inner());
+            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, s)) {
+                if let Some(old) = current.take() {
+                    close_in_background(old);
+                }
+                drop(current);
+                let now = Instant::now();
+                let reason = sled_reason(&e);
+                *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Closed {
+                    since: now,
+                    error: e.to_string(),
+                    reason,
+                    delay: REOPEN_MIN,
+                    next_attempt: now + REOPEN_MIN,
+                });
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                error!(
+                    path = %self.path.display(),
+                    error = %e,
+                    reason,
+                    "buffer write failed; the buffer is closed and reopened with backoff (1 s to 30 s); until then new batches are dropped and counted (fleetwatch_agent_buffer_dropped_batches_total), and log sources pause without moving their saved positions"
+                );
+            }
+        }
         BufferError::Sled(self.path.clone(), e)
     }
 
-    fn next_seq(&self) -> Result<u64, BufferError> {
-        let stored = self.meta.get(NEXT_SEQ_KEY).map_err(|e| self.err(e))?;
+    /// True when the buffer takes writes (reopening it first if it was closed by an error and
+    /// the backoff has passed).
+    pub fn is_available(&self) -> bool {
+        self.handle().is_ok()
+    }
+
+    /// Errors that closed the buffer since it was opened; a change tells a source that some
+    /// write may have failed since it last looked.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Successful reopens after an error, since open.
+    pub fn reopens(&self) -> u64 {
+        self.reopens.load(Ordering::Relaxed)
+    }
+
+    fn next_seq(&self, s: &Sled) -> Result<u64, sled::Error> {
+        let stored = s.meta.get(NEXT_SEQ_KEY)?;
         let from_meta = stored.and_then(|v| key_seq(&v)).unwrap_or(1);
-        // Never below what the data holds (in case meta was lost).
-        let from_data = self.newest_seq() + 1;
-        Ok(from_meta.max(from_data).max(1))
+        // Never below what the data holds (in case meta was lost), nor below a number handed
+        // out to a write that failed.
+        let from_data = s.newest_seq() + 1;
+        Ok(from_meta
+            .max(from_data)
+            .max(self.seq_floor.load(Ordering::Relaxed))
+            .max(1))
     }
 
     /// Assigns the next sequence number, stores `encode(seq)` durably, then drops the oldest
@@ -305,7 +622,9 @@ impl Buffer {
         encode: impl FnOnce(u64) -> Result<Vec<u8>, E>,
     ) -> Result<(u64, Dropped), BufferError> {
         let _guard = self.push_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = self.next_seq()?;
+        let s = self.handle()?;
+        let seq = self.next_seq(&s).map_err(|e| self.fail(&s, e))?;
+        self.seq_floor.fetch_max(seq + 1, Ordering::Relaxed);
         let frame = encode(seq).map_err(|e| BufferError::Encode(seq, e.to_string()))?;
         let mut head = Vec::with_capacity(CHUNKED_HEADER);
         head.push(lane.tag() | CHUNKED_FLAG);
@@ -317,7 +636,7 @@ impl Buffer {
         }
         let key = seq.to_be_bytes();
         let next = (seq + 1).to_be_bytes();
-        (&self.data, &self.meta, &self.checkpoints, &self.chunks)
+        (&s.data, &s.meta, &s.checkpoints, &s.chunks)
             .transaction(|(data, meta, cps, chunks)| {
                 data.insert(&key, head.as_slice())?;
                 for (i, piece) in frame.chunks(CHUNK_BYTES).enumerate() {
@@ -327,24 +646,32 @@ impl Buffer {
                 apply_checkpoints(cps, checkpoints)?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| self.tx_err(e))?;
+            .map_err(|e| self.tx_err(&s, e))?;
+        // Durable before anything else happens, so that an error below does not leave a batch
+        // counted as lost that is in fact kept.
+        s.db.flush().map_err(|e| self.fail(&s, e))?;
         self.bytes.fetch_add(size, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
         let mut dropped = Dropped::default();
         while self.bytes.load(Ordering::Relaxed) > self.config.max_bytes {
-            let Some((k, _)) = self.data.first().map_err(|e| self.err(e))? else {
+            let Some((k, _)) = s.data.first().map_err(|e| self.fail(&s, e))? else {
                 break;
             };
-            let Some(oldest) = key_seq(&k).filter(|&s| s != seq) else {
+            let Some(oldest) = key_seq(&k).filter(|&x| x != seq) else {
                 break;
             };
-            if let Some(size) = self.remove_entry(oldest)? {
-                dropped.batches += 1;
-                dropped.bytes += size;
+            match self.remove_entry(&s, oldest) {
+                Ok(Some(size)) => {
+                    dropped.batches += 1;
+                    dropped.bytes += size;
+                }
+                Ok(None) => {}
+                // The batch is stored; the buffer is over its bound until the next push.
+                Err(_) => break,
             }
         }
-        self.db.flush().map_err(|e| self.err(e))?;
         if dropped.batches > 0 {
+            // The removals reach the disk with the next flush (ours or sled's own every 500 ms).
             self.dropped_batches
                 .fetch_add(dropped.batches, Ordering::Relaxed);
             self.dropped_bytes
@@ -355,11 +682,11 @@ impl Buffer {
     }
 
     /// A failed sled transaction as a buffer error (our transactions never abort on purpose).
-    fn tx_err(&self, e: TransactionError<()>) -> BufferError {
+    fn tx_err(&self, s: &Arc<Sled>, e: TransactionError<()>) -> BufferError {
         match e {
-            TransactionError::Storage(e) => self.err(e),
+            TransactionError::Storage(e) => self.fail(s, e),
             TransactionError::Abort(()) => {
-                self.err(sled::Error::Unsupported("transaction aborted".into()))
+                self.fail(s, sled::Error::Unsupported("transaction aborted".into()))
             }
         }
     }
@@ -384,39 +711,43 @@ impl Buffer {
         &self,
         checkpoints: &[(Vec<u8>, Option<Vec<u8>>)],
     ) -> Result<(), BufferError> {
-        self.checkpoints
+        let s = self.handle()?;
+        s.checkpoints
             .transaction(|cps| {
                 apply_checkpoints(cps, checkpoints)?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| self.tx_err(e))?;
-        self.db.flush().map_err(|e| self.err(e))?;
+            .map_err(|e| self.tx_err(&s, e))?;
+        s.db.flush().map_err(|e| self.fail(&s, e))?;
         Ok(())
     }
 
     /// A saved checkpoint.
     pub fn checkpoint(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BufferError> {
-        Ok(self
-            .checkpoints
-            .get(key)
-            .map_err(|e| self.err(e))?
-            .map(|v| v.to_vec()))
+        let s = self.handle()?;
+        let v = s.checkpoints.get(key).map_err(|e| self.fail(&s, e))?;
+        Ok(v.map(|v| v.to_vec()))
     }
 
-    /// The number of saved checkpoints.
+    /// The number of saved checkpoints (0 while closed).
     pub fn checkpoint_count(&self) -> usize {
-        self.checkpoints.len()
+        self.current().map_or(0, |s| s.checkpoints.len())
     }
 
     /// The entry `seq`, if still buffered.
     pub fn get(&self, seq: u64) -> Result<Option<Entry>, BufferError> {
-        let Some(v) = self.data.get(seq.to_be_bytes()).map_err(|e| self.err(e))? else {
+        let s = self.current()?;
+        let Some(v) = s
+            .data
+            .get(seq.to_be_bytes())
+            .map_err(|e| self.fail(&s, e))?
+        else {
             return Ok(None);
         };
-        match self.read_entry(seq, &v)? {
+        match self.read_entry(&s, seq, &v)? {
             Some(e) => Ok(Some(e)),
             None => {
-                self.remove(seq)?;
+                self.remove_entry(&s, seq)?;
                 self.corrupt.fetch_add(1, Ordering::Relaxed);
                 warn!(seq, "removed an unreadable buffer entry");
                 Ok(None)
@@ -426,12 +757,13 @@ impl Buffer {
 
     /// Removes an acknowledged batch; false if it was not there.
     pub fn remove(&self, seq: u64) -> Result<bool, BufferError> {
-        Ok(self.remove_entry(seq)?.is_some())
+        let s = self.current()?;
+        Ok(self.remove_entry(&s, seq)?.is_some())
     }
 
     /// The frame of a head value: inline, or gathered from its chunks (`None` when they are
     /// missing or do not add up).
-    fn read_entry(&self, seq: u64, v: &[u8]) -> Result<Option<Entry>, BufferError> {
+    fn read_entry(&self, s: &Arc<Sled>, seq: u64, v: &[u8]) -> Result<Option<Entry>, BufferError> {
         let Some(head) = parse_head(v) else {
             return Ok(None);
         };
@@ -439,8 +771,8 @@ impl Buffer {
             Some(frame) => frame.to_vec(),
             None => {
                 let mut frame = Vec::with_capacity(head.frame_len as usize);
-                for (i, item) in self.chunk_range(seq).enumerate() {
-                    let (k, piece) = item.map_err(|e| self.err(e))?;
+                for (i, item) in s.chunk_range(seq).enumerate() {
+                    let (k, piece) = item.map_err(|e| self.fail(s, e))?;
                     if k.as_ref() != chunk_key(seq, i as u32) {
                         return Ok(None);
                     }
@@ -460,25 +792,11 @@ impl Buffer {
         }))
     }
 
-    fn chunk_range(&self, seq: u64) -> sled::Iter {
-        self.chunks
-            .range(chunk_key(seq, 0)..=chunk_key(seq, u32::MAX))
-    }
-
-    /// Removes the chunks of `seq` (an entry whose head is already gone or unreadable).
-    fn remove_chunks(&self, seq: u64) -> Result<(), sled::Error> {
-        for item in self.chunk_range(seq) {
-            let (k, _) = item?;
-            self.chunks.remove(k)?;
-        }
-        Ok(())
-    }
-
     /// Removes the entry `seq` with its chunks in one transaction and updates the totals;
     /// the bytes it counted for, `None` if it was not there.
-    fn remove_entry(&self, seq: u64) -> Result<Option<u64>, BufferError> {
+    fn remove_entry(&self, s: &Arc<Sled>, seq: u64) -> Result<Option<u64>, BufferError> {
         let key = seq.to_be_bytes();
-        let Some(v) = self.data.get(key).map_err(|e| self.err(e))? else {
+        let Some(v) = s.data.get(key).map_err(|e| self.fail(s, e))? else {
             return Ok(None);
         };
         let pieces = match parse_head(&v) {
@@ -489,7 +807,7 @@ impl Buffer {
             }) => frame_len.div_ceil(CHUNK_BYTES as u64),
             _ => 0,
         };
-        let removed = (&self.data, &self.chunks)
+        let removed = (&s.data, &s.chunks)
             .transaction(|(data, chunks)| {
                 let removed = data.remove(&key)?;
                 if removed.is_some() {
@@ -499,14 +817,14 @@ impl Buffer {
                 }
                 Ok::<_, ConflictableTransactionError<()>>(removed)
             })
-            .map_err(|e| self.tx_err(e))?;
+            .map_err(|e| self.tx_err(s, e))?;
         let Some(v) = removed else {
             return Ok(None);
         };
         let size = match parse_head(&v) {
             Some(head) => head.size(),
             None => {
-                self.remove_chunks(seq).map_err(|e| self.err(e))?;
+                s.remove_chunks(seq).map_err(|e| self.fail(s, e))?;
                 v.len() as u64
             }
         };
@@ -517,11 +835,12 @@ impl Buffer {
 
     /// Drops entries created before `now_ms - max_age`.
     pub fn expire(&self, now_ms: i64) -> Result<Dropped, BufferError> {
+        let s = self.handle()?;
         let cutoff = now_ms - self.config.max_age.as_millis() as i64;
         let mut dropped = Dropped::default();
         let mut old = Vec::new();
-        for item in self.data.iter() {
-            let (k, v) = item.map_err(|e| self.err(e))?;
+        for item in s.data.iter() {
+            let (k, v) = item.map_err(|e| self.fail(&s, e))?;
             match key_seq(&k).zip(parse_head(&v)) {
                 Some((seq, head)) if head.created_ms < cutoff => old.push(seq),
                 // Sequence order is creation order: stop at the first young entry.
@@ -530,7 +849,7 @@ impl Buffer {
             }
         }
         for seq in old {
-            if let Some(size) = self.remove_entry(seq)? {
+            if let Some(size) = self.remove_entry(&s, seq)? {
                 dropped.batches += 1;
                 dropped.bytes += size;
             }
@@ -542,14 +861,9 @@ impl Buffer {
         Ok(dropped)
     }
 
-    /// Highest buffered sequence number, 0 when empty.
+    /// Highest buffered sequence number, 0 when empty (or while closed).
     pub fn newest_seq(&self) -> u64 {
-        self.data
-            .last()
-            .ok()
-            .flatten()
-            .and_then(|(k, _)| key_seq(&k))
-            .unwrap_or(0)
+        self.current().map_or(0, |s| s.newest_seq())
     }
 
     /// Totals.
@@ -576,18 +890,23 @@ impl Buffer {
 
     /// Flushes sled to disk.
     pub fn flush(&self) -> Result<(), BufferError> {
-        self.db.flush().map(|_| ()).map_err(|e| self.err(e))
+        let s = self.current()?;
+        s.db.flush().map(|_| ()).map_err(|e| self.fail(&s, e))
     }
 }
 
 impl PendingBatches for Buffer {
     fn first_after(&self, seq: u64) -> Option<u64> {
         let start = seq.checked_add(1)?.to_be_bytes();
-        self.data
-            .range(start..)
-            .next()
-            .and_then(|r| r.ok())
-            .and_then(|(k, _)| key_seq(&k))
+        let s = self.current().ok()?;
+        let next = s.data.range(start..).next()?;
+        match next {
+            Ok((k, _)) => key_seq(&k),
+            Err(e) => {
+                self.fail(&s, e);
+                None
+            }
+        }
     }
 }
 
@@ -669,7 +988,11 @@ mod tests {
         {
             let b = Buffer::open(&p, cfg(1 << 20)).unwrap();
             push(&b, Lane::Metrics, b"ok");
-            b.data.insert(5u64.to_be_bytes(), &[99u8][..]).unwrap();
+            b.handle()
+                .unwrap()
+                .data
+                .insert(5u64.to_be_bytes(), &[99u8][..])
+                .unwrap();
             b.flush().unwrap();
         }
         let b = Buffer::open(&p, cfg(1 << 20)).unwrap();
@@ -766,7 +1089,11 @@ mod tests {
             let mut v = vec![Lane::Logs.tag()];
             v.extend_from_slice(&7i64.to_be_bytes());
             v.extend_from_slice(b"old frame");
-            b.data.insert(3u64.to_be_bytes(), v).unwrap();
+            b.handle()
+                .unwrap()
+                .data
+                .insert(3u64.to_be_bytes(), v)
+                .unwrap();
             b.flush().unwrap();
         }
         let b = Buffer::open(&p, cfg(1 << 20)).unwrap();
@@ -781,7 +1108,7 @@ mod tests {
         assert!(b.remove(3).unwrap());
         assert!(b.remove(4).unwrap());
         assert_eq!(b.stats().bytes, 0);
-        assert_eq!(b.chunks.len(), 0);
+        assert_eq!(b.handle().unwrap().chunks.len(), 0);
     }
 
     /// A chunked entry missing a chunk is unreadable: removed and counted, not returned short.
@@ -790,11 +1117,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = Buffer::open(&dir.path().join("b"), cfg(1 << 20)).unwrap();
         let seq = push(&b, Lane::Logs, &[1u8; 3 * CHUNK_BYTES]).0;
-        b.chunks.remove(chunk_key(seq, 1)).unwrap();
+        b.handle()
+            .unwrap()
+            .chunks
+            .remove(chunk_key(seq, 1))
+            .unwrap();
         assert_eq!(b.get(seq).unwrap(), None);
         assert_eq!(b.stats().corrupt_entries_total, 1);
         assert!(b.is_empty());
-        assert_eq!(b.chunks.len(), 0);
+        assert_eq!(b.handle().unwrap().chunks.len(), 0);
     }
 
     #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// Gathers items into batches: sealed when `max_items` is reached or the oldest item waited
 /// `max_wait`.
@@ -249,6 +249,7 @@ pub async fn store_logs(
             let deadline = Instant::now() + LOG_BACKLOG_WAIT;
             while metrics.connected.get() == 1
                 && buffer.stats().bytes > backlog_bytes
+                && buffer.is_open()
                 && Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -301,7 +302,20 @@ async fn store(
             }
             wake.notify_one();
         }
-        Ok(Err(error)) => warn!(%error, "could not buffer a batch; it is lost"),
+        Ok(Err(error)) => {
+            // Counted, never silent. Log file and journal records in it are read again: their
+            // positions were in the same failed write, and the sources rewind to the saved ones.
+            let reason = error.reason();
+            metrics
+                .buffer_dropped_batches
+                .with_label_values(&[reason])
+                .inc();
+            if error.is_unavailable() {
+                debug!(%error, reason, "batch dropped: the buffer is closed");
+            } else {
+                warn!(%error, reason, "could not buffer a batch; dropped (counted in fleetwatch_agent_buffer_dropped_batches_total)");
+            }
+        }
         Err(error) => warn!(%error, "buffer task failed"),
     }
     let stats = buffer.stats();

@@ -89,7 +89,7 @@ impl AgentMetrics {
         }
         Self {
             batches_buffered: reg!(IntCounter::new("fleetwatch_agent_batches_buffered_total", "Batches written to the durable buffer.")),
-            buffer_dropped_batches: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_buffer_dropped_batches_total", "Batches dropped from the buffer before delivery, by reason (full, expired, corrupt)."), &["reason"])),
+            buffer_dropped_batches: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_buffer_dropped_batches_total", "Batches dropped before delivery, by reason: full and expired (oldest dropped for the bounds), disk_full and io_error (the buffer could not write them), too_large, encode."), &["reason"])),
             buffer_dropped_bytes: reg!(IntCounterVec::new(Opts::new("fleetwatch_agent_buffer_dropped_bytes_total", "Bytes dropped from the buffer before delivery, by reason."), &["reason"])),
             buffer_batches: reg!(IntGauge::new("fleetwatch_agent_buffer_batches", "Batches waiting in the buffer.")),
             buffer_bytes: reg!(IntGauge::new("fleetwatch_agent_buffer_bytes", "Bytes waiting in the buffer.")),
