@@ -171,32 +171,16 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, CodecError> {
 
 /// Encodes any serde value into one frame: the same framing, versioning and compression as
 /// wire messages, for records kept on disk (the aggregator's write-ahead log, say).
+///
+/// The bincode output and the zstd context come from a small pool kept between frames (see
+/// [`Scratch`]); the frame itself is the only allocation that leaves this function.
 pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let raw = bincode::serde::encode_to_vec(value, bincode_config())
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
-    let decoded_len = u32::try_from(raw.len()).map_err(|_| CodecError::TooLarge {
-        size: raw.len() as u64,
-        limit: u32::MAX.into(),
-    })?;
-    let (flags, payload) = if raw.len() >= COMPRESS_MIN {
-        let packed = zstd::bulk::compress(&raw, ZSTD_LEVEL)
-            .map_err(|e| CodecError::Encode(format!("zstd: {e}")))?;
-        if packed.len() < raw.len() {
-            (FLAG_ZSTD, packed)
-        } else {
-            (0, raw)
-        }
-    } else {
-        (0, raw)
-    };
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&FRAME_MAGIC);
-    out.push(FRAME_VERSION);
-    out.push(flags);
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(&decoded_len.to_be_bytes());
-    out.extend_from_slice(&payload);
-    Ok(out)
+    let mut scratch = ENCODERS.take();
+    let result = scratch.encode(value);
+    if result.is_ok() {
+        ENCODERS.give(scratch);
+    }
+    result
 }
 
 /// Decodes the payload that follows `header`.
@@ -215,27 +199,209 @@ pub fn decode_payload_value<T: DeserializeOwned>(
             have: payload.len(),
         });
     }
-    let decompressed;
-    let raw: &[u8] = if header.compressed {
-        decompressed = zstd::bulk::decompress(payload, header.decoded_len as usize)
-            .map_err(|e| CodecError::Decompress(e.to_string()))?;
-        if decompressed.len() != header.decoded_len as usize {
-            return Err(CodecError::Decompress(format!(
-                "decompressed to {} bytes, header announced {}",
-                decompressed.len(),
-                header.decoded_len
-            )));
-        }
-        &decompressed
-    } else {
-        payload
-    };
+    if !header.compressed {
+        return decode_raw(payload);
+    }
+    let mut scratch = DECODERS.take();
+    let result = scratch.decode(header, payload);
+    if result.is_ok() {
+        DECODERS.give(scratch);
+    }
+    result
+}
+
+fn decode_raw<T: DeserializeOwned>(raw: &[u8]) -> Result<T, CodecError> {
     let (message, used) = bincode::serde::decode_from_slice::<T, _>(raw, bincode_config())
         .map_err(|e| CodecError::Decode(e.to_string()))?;
     if used != raw.len() {
         return Err(CodecError::Trailing(raw.len() - used));
     }
     Ok(message)
+}
+
+/// Bytes of working buffer a pooled [`Scratch`] keeps between frames at most; a larger one (a
+/// rare huge frame) is freed after use.
+const RETAIN_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Frames in a row that used under a quarter of a working buffer before it is shrunk to the
+/// last frame's size (a burst of large frames does not pin its buffer forever).
+const SHRINK_AFTER_SMALL_FRAMES: u32 = 64;
+/// Idle [`Scratch`]es kept per direction; callers beyond that at the same moment get fresh ones.
+const POOL_IDLE_MAX: usize = 2;
+
+static ENCODERS: Pool<Scratch<zstd::bulk::Compressor<'static>>> = Pool::new();
+static DECODERS: Pool<Scratch<zstd::bulk::Decompressor<'static>>> = Pool::new();
+
+/// A working buffer and a zstd context, reused from frame to frame: making them afresh for
+/// every frame cost the agent a third of its CPU in page faults once its allocator maps large
+/// blocks on their own (`agent/src/memory.rs`): a log batch's ~1 MiB of bincode and zstd's
+/// tables are new memory every time.
+struct Scratch<Z> {
+    /// bincode output (encoding) or the decompressed payload (decoding).
+    buf: Vec<u8>,
+    /// Made on first use: a context that never compresses costs nothing.
+    zstd: Option<Z>,
+    /// Frames in a row that used under a quarter of `buf`'s capacity.
+    small_frames: u32,
+}
+
+impl<Z> Scratch<Z> {
+    fn new() -> Self {
+        Self {
+            buf: Vec::new(),
+            zstd: None,
+            small_frames: 0,
+        }
+    }
+
+    /// Keeps `buf`'s capacity for the next frame unless it is over [`RETAIN_MAX_BYTES`] or has
+    /// been mostly unused for [`SHRINK_AFTER_SMALL_FRAMES`] frames; then empties it.
+    fn recycle_buf(&mut self) {
+        let (used, capacity) = (self.buf.len(), self.buf.capacity());
+        self.buf.clear();
+        if capacity > RETAIN_MAX_BYTES {
+            self.buf = Vec::new();
+            self.small_frames = 0;
+        } else if used < capacity / 4 {
+            self.small_frames += 1;
+            if self.small_frames >= SHRINK_AFTER_SMALL_FRAMES {
+                self.buf.shrink_to(used);
+                self.small_frames = 0;
+            }
+        } else {
+            self.small_frames = 0;
+        }
+    }
+}
+
+impl Scratch<zstd::bulk::Compressor<'static>> {
+    fn encode<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<Vec<u8>, CodecError> {
+        self.buf.clear();
+        bincode::serde::encode_into_writer(value, AppendTo(&mut self.buf), bincode_config())
+            .map_err(|e| CodecError::Encode(e.to_string()))?;
+        let raw = &self.buf;
+        let decoded_len = u32::try_from(raw.len()).map_err(|_| CodecError::TooLarge {
+            size: raw.len() as u64,
+            limit: u32::MAX.into(),
+        })?;
+        let mut frame;
+        let mut flags = 0;
+        if raw.len() >= COMPRESS_MIN {
+            // Compressed straight into the frame, after its header; zstd touches only the
+            // pages it writes of the bound's worth of room.
+            frame = Vec::with_capacity(HEADER_LEN + zstd::zstd_safe::compress_bound(raw.len()));
+            frame.resize(HEADER_LEN, 0);
+            let compressor = match &mut self.zstd {
+                Some(c) => c,
+                None => self.zstd.insert(
+                    zstd::bulk::Compressor::new(ZSTD_LEVEL)
+                        .map_err(|e| CodecError::Encode(format!("zstd: {e}")))?,
+                ),
+            };
+            let mut after_header = std::io::Cursor::new(&mut frame);
+            after_header.set_position(HEADER_LEN as u64);
+            compressor
+                .compress_to_buffer(raw, &mut after_header)
+                .map_err(|e| CodecError::Encode(format!("zstd: {e}")))?;
+            if frame.len() - HEADER_LEN < raw.len() {
+                flags = FLAG_ZSTD;
+            } else {
+                frame.truncate(HEADER_LEN);
+                frame.extend_from_slice(raw);
+            }
+            frame.shrink_to_fit();
+        } else {
+            frame = Vec::with_capacity(HEADER_LEN + raw.len());
+            frame.resize(HEADER_LEN, 0);
+            frame.extend_from_slice(raw);
+        }
+        let payload_len = (frame.len() - HEADER_LEN) as u32;
+        frame[..2].copy_from_slice(&FRAME_MAGIC);
+        frame[2] = FRAME_VERSION;
+        frame[3] = flags;
+        frame[4..8].copy_from_slice(&payload_len.to_be_bytes());
+        frame[8..12].copy_from_slice(&decoded_len.to_be_bytes());
+        self.recycle_buf();
+        Ok(frame)
+    }
+}
+
+impl Scratch<zstd::bulk::Decompressor<'static>> {
+    fn decode<T: DeserializeOwned>(
+        &mut self,
+        header: &FrameHeader,
+        payload: &[u8],
+    ) -> Result<T, CodecError> {
+        let decompressor = match &mut self.zstd {
+            Some(d) => d,
+            None => self.zstd.insert(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| CodecError::Decompress(e.to_string()))?,
+            ),
+        };
+        let announced = header.decoded_len as usize;
+        self.buf.clear();
+        self.buf.reserve_exact(announced);
+        // The room zstd gets is the announced size, or a kept buffer's capacity (at most
+        // RETAIN_MAX_BYTES) if larger: a payload that inflates past the announced size fails
+        // here or at the length check below, without allocating more.
+        decompressor
+            .decompress_to_buffer(payload, &mut self.buf)
+            .map_err(|e| CodecError::Decompress(e.to_string()))?;
+        if self.buf.len() != announced {
+            return Err(CodecError::Decompress(format!(
+                "decompressed to {} bytes, header announced {}",
+                self.buf.len(),
+                header.decoded_len
+            )));
+        }
+        let value = decode_raw(&self.buf)?;
+        self.recycle_buf();
+        Ok(value)
+    }
+}
+
+/// bincode's writer appending to a kept `Vec` (its own `VecWriter` starts a new one).
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for AppendTo<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Idle [`Scratch`]es shared by all threads, at most [`POOL_IDLE_MAX`]: a thread-local one
+/// would be kept by every thread that ever encoded (tokio's blocking pool hands each task to
+/// whichever of its threads is free), a pool only by as many as run at once.
+struct Pool<S> {
+    idle: std::sync::Mutex<Vec<S>>,
+}
+
+impl<Z> Pool<Scratch<Z>> {
+    const fn new() -> Self {
+        Self {
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The most recently used idle scratch (its memory is the likeliest to be warm), or a new one.
+    fn take(&self) -> Scratch<Z> {
+        self.lock().pop().unwrap_or_else(Scratch::new)
+    }
+
+    /// Keeps `scratch` for the next caller unless enough are idle already. A scratch whose
+    /// frame failed is not given back: its zstd context may be mid-frame.
+    fn give(&self, scratch: Scratch<Z>) {
+        let mut idle = self.lock();
+        if idle.len() < POOL_IDLE_MAX {
+            idle.push(scratch);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Scratch<Z>>> {
+        // Nothing is left half-done under this lock: a panic elsewhere does not spoil the pool.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Decodes exactly one whole frame holding a message.
@@ -399,11 +565,279 @@ mod tests {
         format!("{a:?}") == format!("{b:?}")
     }
 
+    /// The encoder as it was before frames reused their buffers and zstd context (one fresh
+    /// `Vec` from bincode and one fresh zstd context per frame): the reference the wire format
+    /// is held to.
+    fn reference_encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+        let raw = bincode::serde::encode_to_vec(value, bincode_config()).unwrap();
+        let decoded_len = u32::try_from(raw.len()).unwrap();
+        let (flags, payload) = if raw.len() >= COMPRESS_MIN {
+            let packed = zstd::bulk::compress(&raw, ZSTD_LEVEL).unwrap();
+            if packed.len() < raw.len() {
+                (FLAG_ZSTD, packed)
+            } else {
+                (0, raw)
+            }
+        } else {
+            (0, raw)
+        };
+        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+        out.extend_from_slice(&FRAME_MAGIC);
+        out.push(FRAME_VERSION);
+        out.push(flags);
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(&decoded_len.to_be_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    /// Deterministic bytes that zstd can not shrink (xorshift64).
+    fn random_bytes(len: usize, mut state: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 32) as u8
+            })
+            .collect()
+    }
+
+    /// Random printable text (zstd shrinks it a little: 94 symbols in 8 bits).
+    fn noise(len: usize, seed: u64) -> String {
+        random_bytes(len, seed)
+            .into_iter()
+            .map(|b| char::from(b'!' + b % 94))
+            .collect()
+    }
+
+    /// A log batch of `lines` lines of about `line_bytes`, as the agent's file source makes
+    /// them (`noisy`: random text that does not compress).
+    fn log_batch(seq: u64, lines: usize, line_bytes: usize, noisy: bool) -> Message {
+        let mut b = Batch::new(Lane::Logs, 1_700_000_000_000 + seq as i64);
+        b.seq = seq;
+        for i in 0..lines {
+            let message = if noisy {
+                noise(line_bytes, seq * 1_000_003 + i as u64 + 1)
+            } else {
+                format!(
+                    "2024-05-01T12:00:{:02}Z INFO request {i} served in {} ms {}",
+                    i % 60,
+                    i % 997,
+                    "x".repeat(line_bytes.saturating_sub(60))
+                )
+            };
+            b.logs.push(LogRecord {
+                timestamp_ns: 1_700_000_000_000_000_000 + i as i64,
+                source: "/var/log/app.log".into(),
+                level: LogLevel::Info,
+                message,
+                fields: if i % 3 == 0 {
+                    vec![("service".into(), format!("svc{}", i % 7))]
+                } else {
+                    Vec::new()
+                },
+            });
+        }
+        Message::Batch(b)
+    }
+
+    /// Frames of every shape, in an order that makes each reuse a buffer and a context left by
+    /// a different one: tiny and uncompressed, just over the compression threshold, a host
+    /// batch, ~1 MiB log batches, random text, one larger than the pool keeps (about
+    /// 7 MiB), then small again.
+    fn varied_messages() -> Vec<Message> {
+        let ack = Message::Ack(Ack {
+            seq: 7,
+            status: AckStatus::Applied,
+        });
+        let mut host = Batch::new(Lane::Metrics, 1_700_000_000_000);
+        for i in 0..300 {
+            host.metrics.push(SeriesSamples {
+                series: Series::new(
+                    "node_cpu_seconds_total",
+                    [
+                        Label::new("cpu", (i / 8).to_string()),
+                        Label::new("mode", ["user", "idle", "system"][i % 3]),
+                    ],
+                ),
+                kind: MetricKind::Counter,
+                samples: vec![Sample {
+                    timestamp_ms: 1_700_000_000_000,
+                    value: 1234.5 + i as f64,
+                }],
+            });
+        }
+        vec![
+            ack.clone(),
+            log_batch(1, 4, 120, false),
+            log_batch(2, 3_500, 200, false),
+            Message::Batch(host),
+            log_batch(3, 2, 300, true),
+            log_batch(4, 3_000, 300, true),
+            ack.clone(),
+            log_batch(5, 3_700, 200, false),
+            log_batch(6, 30_000, 200, false),
+            log_batch(7, 1, 10, false),
+            log_batch(8, 3_500, 200, false),
+            ack,
+        ]
+    }
+
+    #[test]
+    fn frames_match_the_reference_encoder_byte_for_byte() {
+        let messages = varied_messages();
+        // Twice over: the second round reuses what the first left in the pool.
+        for round in 0..2 {
+            for (i, m) in messages.iter().enumerate() {
+                let frame = encode(m).unwrap();
+                assert!(
+                    frame == reference_encode(m),
+                    "round {round}, message {i}: frame differs from the reference encoder"
+                );
+                let back = decode(&frame, &FrameLimits::default()).unwrap();
+                assert!(same_bits(m, &back), "round {round}, message {i}");
+            }
+        }
+        // Values other than messages (the aggregator's on-disk records) go through the same
+        // path: random bytes zstd can not shrink (sent raw although over COMPRESS_MIN), text
+        // it can.
+        let mut flags_seen = Vec::new();
+        for value in [random_bytes(300_000, 9), vec![b'a'; 100_000]] {
+            let frame = encode_value(&value).unwrap();
+            assert!(frame == reference_encode(&value));
+            flags_seen.push(frame[3]);
+            let back: Vec<u8> = decode_value(&frame, &FrameLimits::default()).unwrap();
+            assert_eq!(back, value);
+        }
+        assert_eq!(flags_seen, [0, FLAG_ZSTD], "one raw, one compressed frame");
+    }
+
+    #[test]
+    fn frames_match_the_reference_encoder_from_many_threads() {
+        let messages = std::sync::Arc::new(varied_messages());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let messages = messages.clone();
+                std::thread::spawn(move || {
+                    for i in 0..messages.len() {
+                        // Each thread walks the list from a different start.
+                        let m = &messages[(i + t * 3) % messages.len()];
+                        let frame = encode(m).unwrap();
+                        assert!(frame == reference_encode(m), "thread {t}, message {i}");
+                        assert!(same_bits(
+                            m,
+                            &decode(&frame, &FrameLimits::default()).unwrap()
+                        ));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn frame_header_bytes_are_unchanged() {
+        // An uncompressed frame pinned byte for byte: magic, version 1, flags, payload length,
+        // decoded length (big-endian), then bincode's big-endian varint encoding.
+        let frame = encode(&Message::Ack(Ack {
+            seq: 300,
+            status: AckStatus::Applied,
+        }))
+        .unwrap();
+        assert_eq!(
+            frame,
+            [b'F', b'W', 1, 0, 0, 0, 0, 5, 0, 0, 0, 5, 3, 251, 1, 44, 0]
+        );
+        // A compressed one: flag set, lengths those of the zstd frame and of the bincode bytes.
+        let big = log_batch(2, 3_500, 200, false);
+        let frame = encode(&big).unwrap();
+        let raw = bincode::serde::encode_to_vec(&big, bincode_config()).unwrap();
+        assert_eq!(&frame[..4], &[b'F', b'W', FRAME_VERSION, FLAG_ZSTD]);
+        assert_eq!(
+            u32::from_be_bytes(frame[4..8].try_into().unwrap()) as usize,
+            frame.len() - HEADER_LEN
+        );
+        assert_eq!(
+            u32::from_be_bytes(frame[8..12].try_into().unwrap()) as usize,
+            raw.len()
+        );
+        assert_eq!(
+            zstd::bulk::decompress(&frame[HEADER_LEN..], raw.len()).unwrap(),
+            raw
+        );
+    }
+
+    #[test]
+    fn decompression_bomb_is_refused_after_a_large_frame() {
+        // A large frame first leaves a kept decompression buffer of about 1 MiB behind.
+        let big = log_batch(2, 3_500, 200, false);
+        let frame = encode(&big).unwrap();
+        assert!(same_bits(
+            &big,
+            &decode(&frame, &FrameLimits::default()).unwrap()
+        ));
+        for inflated in [10_000_000, 200_000] {
+            // Announces 1,000 decoded bytes, inflates to more than the kept buffer holds, or
+            // to less (it fits in the room but not in the announced size).
+            let packed = zstd::bulk::compress(&vec![0u8; inflated], 3).unwrap();
+            let mut bomb = Vec::from(FRAME_MAGIC);
+            bomb.extend([FRAME_VERSION, FLAG_ZSTD]);
+            bomb.extend((packed.len() as u32).to_be_bytes());
+            bomb.extend(1000u32.to_be_bytes());
+            bomb.extend(&packed);
+            assert!(
+                matches!(
+                    decode(&bomb, &FrameLimits::default()),
+                    Err(CodecError::Decompress(_))
+                ),
+                "{inflated} bytes announced as 1000"
+            );
+        }
+        // And the pool still decodes good frames afterwards.
+        assert!(same_bits(
+            &big,
+            &decode(&frame, &FrameLimits::default()).unwrap()
+        ));
+    }
+
+    #[test]
+    fn scratch_keeps_usual_frames_and_frees_huge_or_stale_ones() {
+        let mut scratch = Scratch::<zstd::bulk::Compressor<'static>>::new();
+        let usual = log_batch(1, 3_500, 200, false);
+        scratch.encode(&usual).unwrap();
+        let kept = scratch.buf.capacity();
+        assert!(kept >= 700_000, "{kept}");
+        // The next usual frame grows nothing.
+        scratch.encode(&usual).unwrap();
+        assert_eq!(scratch.buf.capacity(), kept);
+        // A frame larger than RETAIN_MAX_BYTES is not kept.
+        let huge = log_batch(2, 30_000, 200, false);
+        assert_eq!(encode(&huge).unwrap(), scratch.encode(&huge).unwrap());
+        assert_eq!(scratch.buf.capacity(), 0);
+        // Kept again, then small frames only: shrunk to their size after a while.
+        scratch.encode(&usual).unwrap();
+        let small = log_batch(3, 10, 100, false);
+        for _ in 0..SHRINK_AFTER_SMALL_FRAMES - 1 {
+            scratch.encode(&small).unwrap();
+        }
+        assert!(scratch.buf.capacity() >= 700_000);
+        scratch.encode(&small).unwrap();
+        assert!(
+            scratch.buf.capacity() < 10_000,
+            "{}",
+            scratch.buf.capacity()
+        );
+    }
+
     proptest! {
         #[test]
         fn batch_round_trips(batch in arb_batch()) {
             let msg = Message::Batch(batch);
             let frame = encode(&msg).unwrap();
+            prop_assert!(frame == reference_encode(&msg), "frame differs from the reference encoder");
             let back = decode(&frame, &FrameLimits::default()).unwrap();
             prop_assert!(same_bits(&msg, &back));
         }
