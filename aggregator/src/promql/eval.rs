@@ -326,6 +326,16 @@ impl<'a> Evaluator<'a> {
         &self,
         vs: &VectorSelector,
     ) -> Result<Vec<RangeSeries>, QueryError> {
+        self.eval_selector_series_with(vs, |s| s.value)
+    }
+
+    /// Like [`Self::eval_selector_series`], with `value_of` the chosen sample's value at a step
+    /// (its timestamp for `timestamp()`).
+    pub(super) fn eval_selector_series_with(
+        &self,
+        vs: &VectorSelector,
+        value_of: impl Fn(&fleetwatch_common::model::Sample) -> f64,
+    ) -> Result<Vec<RangeSeries>, QueryError> {
         let matchers = selector_matchers(vs)?;
         let at = self.at_ms(&vs.at);
         let off = offset_ms(&vs.offset);
@@ -360,7 +370,7 @@ impl<'a> Evaluator<'a> {
                 }
                 points.push(fleetwatch_common::model::Sample {
                     timestamp_ms: t,
-                    value: sample.value,
+                    value: value_of(&sample),
                 });
             }
             if !points.is_empty() {
@@ -368,49 +378,6 @@ impl<'a> Evaluator<'a> {
                     labels: s.labels,
                     samples: points,
                 });
-            }
-        }
-        Ok(out)
-    }
-
-    /// Like [`Self::eval_selector`], with each sample's own timestamp (for `timestamp()`).
-    pub(super) fn eval_selector_with_times(
-        &self,
-        vs: &VectorSelector,
-    ) -> Result<Vec<Vec<(Elem, i64)>>, QueryError> {
-        let matchers = selector_matchers(vs)?;
-        let at = self.at_ms(&vs.at);
-        let off = offset_ms(&vs.offset);
-        let times = self.times();
-        let mut out: Vec<Vec<(Elem, i64)>> = vec![Vec::new(); times.len()];
-        if times.is_empty() {
-            return Ok(out);
-        }
-        let (lo, hi) = match at {
-            Some(a) => (a - off, a - off),
-            None => (self.start - off, self.end - off),
-        };
-        let lookback = self.settings.lookback_ms;
-        for s in self.select(&matchers, lo - lookback, hi, None, 0)? {
-            let mut next = 0;
-            for (k, &t) in times.iter().enumerate() {
-                let r = at.unwrap_or(t) - off;
-                while next < s.samples.len() && s.samples[next].timestamp_ms <= r {
-                    next += 1;
-                }
-                let Some(sample) = next.checked_sub(1).map(|i| s.samples[i]) else {
-                    continue;
-                };
-                if sample.timestamp_ms < r - lookback || value::is_stale_marker(sample.value) {
-                    continue;
-                }
-                out[k].push((
-                    Elem {
-                        labels: s.labels.clone(),
-                        value: sample.value,
-                    },
-                    sample.timestamp_ms,
-                ));
             }
         }
         Ok(out)

@@ -600,19 +600,11 @@ fn absent_over_time(ev: &Evaluator<'_>, arg: &Expr) -> Result<Evaluated, QueryEr
 /// `timestamp()`: a selector's samples report their own time; anything else the step time.
 fn timestamp(ev: &Evaluator<'_>, arg: &Expr) -> Result<Evaluated, QueryError> {
     if let Expr::VectorSelector(vs) = unparen(arg) {
-        return Ok(Evaluated::Vector(
-            ev.eval_selector_with_times(vs)?
-                .into_iter()
-                .map(|vec| {
-                    vec.into_iter()
-                        .map(|(e, ts)| Elem {
-                            labels: value::drop_name(&e.labels),
-                            value: ts as f64 / 1000.0,
-                        })
-                        .collect()
-                })
-                .collect(),
-        ));
+        let mut series = ev.eval_selector_series_with(vs, |s| s.timestamp_ms as f64 / 1000.0)?;
+        for s in &mut series {
+            s.labels = value::drop_name(&s.labels);
+        }
+        return Ok(Evaluated::Vector(ev.steps_of(series)));
     }
     let times = ev.times();
     let mut steps = vector_arg(ev, arg)?;
