@@ -328,9 +328,37 @@ fn chunk_key(seq: u64, index: u32) -> [u8; 12] {
     k
 }
 
+/// Removes snapshot files sled did not finish. sled 0.34 writes a snapshot to
+/// `snap.<lsn>.generating` and renames it once complete, but it also takes `.generating` files
+/// for snapshots when it opens: one left short (the disk filled up while it was written, or the
+/// process died) made every later open fail with "Read corrupted data", so the agent could not
+/// start again after a full disk. Such a file is never a finished snapshot, and the previous
+/// snapshot is only deleted after the rename, so sled recovers from that one and its log.
+fn remove_unfinished_snapshots(path: &Path) {
+    let Ok(dir) = std::fs::read_dir(path) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    warn!(file = %entry.path().display(), "removed an unfinished sled snapshot (left by a full disk or a crash)")
+                }
+                Err(error) => {
+                    warn!(file = %entry.path().display(), %error, "cannot remove an unfinished sled snapshot; opening may fail")
+                }
+            }
+        }
+    }
+}
+
 /// Opens sled, waiting briefly if a previous handle in this process is still releasing its file
-/// lock (sled's flusher thread outlives the handle for a moment).
+/// lock (sled's flusher thread outlives the handle for a moment). Unfinished snapshot files are
+/// removed first ([`remove_unfinished_snapshots`]).
 pub fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
+    remove_unfinished_snapshots(path);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let result = sled::Config::new()

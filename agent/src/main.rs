@@ -54,6 +54,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Longest an orderly stop may take after SIGTERM or Ctrl-C (systemd's default stop timeout
+/// is 90 s).
+const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
+
 fn run(path: PathBuf) -> anyhow::Result<()> {
     // Before any thread: arenas are made per thread as threads first allocate.
     let refused = fleetwatch_agent::memory::limit_allocator_retention();
@@ -91,7 +95,18 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
             }
         }
         tracing::info!("stopping");
-        agent.stop().await;
+        // Every batch in the buffer is already on disk (a write returns after its flush), so
+        // a stop that hangs (a wedged disk, a stuck source) must not keep the process: after
+        // STOP_DEADLINE the agent exits anyway, and a restart resumes from the buffer.
+        if tokio::time::timeout(STOP_DEADLINE, agent.stop())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                deadline = ?STOP_DEADLINE,
+                "stopping took too long; exiting without waiting further (buffered data is on disk)"
+            );
+        }
         Ok(())
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));

@@ -328,7 +328,9 @@ impl RunningAgent {
         if let Some(checks) = self.checks {
             checks.stop().await;
         }
-        stop_logs(self.logs).await;
+        // Log threads check their stop flag at least every 250 ms, but one may be handing a
+        // chunk to a collector that is slow to take it: bounded like the tasks below.
+        let _ = tokio::time::timeout(Duration::from_secs(10), stop_logs(self.logs)).await;
         let wait = |t: JoinHandle<()>| tokio::time::timeout(Duration::from_secs(10), t);
         for (_, s) in self.scrapes {
             let _ = wait(s.task).await;

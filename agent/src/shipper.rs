@@ -208,6 +208,10 @@ impl Shipper {
                 }
             }
         }
+        // Not connected any more: nothing may wait for this shipper (the collector paces log
+        // batches while connected).
+        self.metrics.connected.set(0);
+        self.metrics.in_flight.set(0);
         endpoint.close(0u32.into(), b"agent stopping");
     }
 
@@ -293,7 +297,13 @@ impl Shipper {
         let ack_timeout = secs(self.link.ack_timeout_seconds);
         let (done_tx, mut done_rx) =
             mpsc::channel::<(u64, Result<Message, ShipError>)>(client.window() * 2 + 1);
+        // Acknowledged batches the buffer could not remove (closed after a disk error): removed
+        // once it is back. The aggregator drops a batch it has applied, should one go again.
+        let mut unremoved: Vec<u64> = Vec::new();
         loop {
+            if !unremoved.is_empty() && self.buffer.is_open() {
+                unremoved.retain(|&seq| self.buffer.remove(seq).is_err());
+            }
             while let Some(seq) = client.next_to_send(&*self.buffer) {
                 let entry = match self.buffer.get(seq) {
                     Ok(Some(entry)) => entry,
@@ -302,7 +312,13 @@ impl Shipper {
                         client.forget(seq);
                         continue;
                     }
-                    Err(e) => return Err(ShipError::Buffer(e.to_string())),
+                    Err(error) => {
+                        // The buffer is closed after a disk error: keep the connection, send
+                        // this batch again once it is back.
+                        debug!(%error, seq, "cannot read a buffered batch; retrying");
+                        client.on_failed(seq);
+                        break;
+                    }
                 };
                 let conn = conn.clone();
                 let done = done_tx.clone();
@@ -317,7 +333,11 @@ impl Shipper {
             self.metrics.in_flight.set(client.in_flight() as i64);
             tokio::select! {
                 Some((seq, result)) = done_rx.recv() => match result {
-                    Ok(message) => self.on_ack(client.on_ack(message)?)?,
+                    Ok(message) => {
+                        if let Some(seq) = self.on_ack(client.on_ack(message)?) {
+                            unremoved.push(seq);
+                        }
+                    }
                     Err(error) => {
                         client.on_failed(seq);
                         self.metrics.send_retries.inc();
@@ -350,7 +370,9 @@ impl Shipper {
         }
     }
 
-    fn on_ack(&self, outcome: AckOutcome) -> Result<(), ShipError> {
+    /// Counts an acknowledgement and removes its batch; the batch's number when the buffer
+    /// could not remove it now.
+    fn on_ack(&self, outcome: AckOutcome) -> Option<u64> {
         let (seq, result) = match outcome {
             AckOutcome::Delivered { seq, duplicate } => {
                 (seq, if duplicate { "duplicate" } else { "applied" })
@@ -373,10 +395,13 @@ impl Shipper {
             .batches_acked
             .with_label_values(&[result])
             .inc();
-        self.buffer
-            .remove(seq)
-            .map_err(|e| ShipError::Buffer(e.to_string()))?;
-        Ok(())
+        match self.buffer.remove(seq) {
+            Ok(_) => None,
+            Err(error) => {
+                debug!(%error, seq, "cannot remove an acknowledged batch now; retrying");
+                Some(seq)
+            }
+        }
     }
 }
 

@@ -191,13 +191,24 @@ pub fn run(cfg: &JournaldConfig, bounds: Bounds, buffer: &Buffer, sink: &Sink, s
                 }
             }
         });
-        let ended = follow(&rx, &bounds, &mut rate, sink, stop);
+        let failures = buffer.failures();
+        let ended = follow(&rx, &bounds, &mut rate, sink, stop, &|| {
+            buffer.failures() != failures
+        });
         let _ = child.kill();
         let _ = child.wait();
         drop(rx);
         let _ = reader.join();
-        if ended == Ended::Stopped {
-            return;
+        match ended {
+            Ended::Stopped => return,
+            // A buffer write failed: start again after the cursor saved in the buffer.
+            Ended::Rewind => {
+                if !super::settle_after_failure(SOURCE, buffer, sink, stop) {
+                    return;
+                }
+                continue;
+            }
+            Ended::Exited => {}
         }
         metrics
             .log_source_errors
@@ -215,6 +226,8 @@ pub fn run(cfg: &JournaldConfig, bounds: Bounds, buffer: &Buffer, sink: &Sink, s
 enum Ended {
     Stopped,
     Exited,
+    /// A buffer write failed since journalctl started.
+    Rewind,
 }
 
 fn follow(
@@ -223,11 +236,15 @@ fn follow(
     rate: &mut RateLimit,
     sink: &Sink,
     stop: &AtomicBool,
+    buffer_failed: &dyn Fn() -> bool,
 ) -> Ended {
     let metrics = &sink.metrics;
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ended::Stopped;
+        }
+        if buffer_failed() {
+            return Ended::Rewind;
         }
         let mut chunk = Chunk::default();
         let mut cursor = None;

@@ -211,6 +211,45 @@ pub fn bounds_for(cfg: &LogsConfig, max_message_bytes: usize) -> Bounds {
     }
 }
 
+/// After a buffer write failed (a full disk): waits until every record already handed to the
+/// collector is written or dropped (a flush), so that the positions saved in the buffer are
+/// final, then until the buffer takes writes again. The caller then goes back to the saved
+/// positions: records in failed writes are read again, none twice. False once `stop` is set
+/// or the collector is gone.
+pub(super) fn settle_after_failure(
+    name: &str,
+    buffer: &Buffer,
+    sink: &Sink,
+    stop: &AtomicBool,
+) -> bool {
+    let (done, mut answered) = tokio::sync::oneshot::channel();
+    if sink.out.blocking_send(Collected::Flush(done)).is_err() {
+        return false;
+    }
+    loop {
+        match answered.try_recv() {
+            Ok(()) | Err(tokio::sync::oneshot::error::TryRecvError::Closed) => break,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                if stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    tracing::info!(
+        source = name,
+        "log source paused until the buffer takes writes again; it then reads on from its saved position"
+    );
+    while !buffer.is_available() {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        nap(Duration::from_millis(250), stop);
+    }
+    !stop.load(Ordering::Relaxed)
+}
+
 fn run_files(
     mut tailer: FileTailer,
     (scan_every, read_every): (Duration, Duration),
@@ -222,7 +261,19 @@ fn run_files(
     let mut clock = Clock::default();
     let mut last_scan: Option<Instant> = None;
     let name = tailer.name().to_string();
+    let mut failures = buffer.failures();
     while !stop.load(Ordering::Relaxed) {
+        if buffer.failures() != failures {
+            if !settle_after_failure(&name, buffer, sink, stop) {
+                return;
+            }
+            let saved = |k: &[u8]| buffer.checkpoint(k).map_err(|_| ());
+            if tailer.rewind(&saved).is_ok() {
+                failures = buffer.failures();
+            }
+            // else the buffer failed again: settle again before reading on
+            continue;
+        }
         let now = Instant::now();
         let mut chunk = Chunk::default();
         if last_scan.is_none_or(|t| now.duration_since(t) >= scan_every) {

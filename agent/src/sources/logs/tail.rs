@@ -137,6 +137,8 @@ struct Tracked {
     fp: Fingerprint,
     /// The offset in the last checkpoint handed out.
     sent: Option<u64>,
+    /// Where reading started (0 after a truncation): the way back when no position was saved.
+    origin: u64,
     last_data: Instant,
     /// Since when no matched path leads to it (renamed away or deleted).
     orphan_since: Option<Instant>,
@@ -161,6 +163,9 @@ impl Tracked {
 
 /// Reads checkpoints saved earlier (from the buffer).
 pub type Lookup<'a> = &'a dyn Fn(&[u8]) -> Option<Vec<u8>>;
+
+/// Reads checkpoints saved earlier, telling "none saved" from "could not read" (`Err`).
+pub type FallibleLookup<'a> = &'a dyn Fn(&[u8]) -> Result<Option<Vec<u8>>, ()>;
 
 /// The files of one file source.
 pub struct FileTailer {
@@ -406,6 +411,7 @@ impl FileTailer {
             pending: None,
             fp,
             sent: None,
+            origin: start,
             last_data: now,
             orphan_since: None,
             size: 0,
@@ -426,6 +432,40 @@ impl FileTailer {
                     .insert(t.id.key(), Some(t.checkpoint().encode()));
             }
         }
+    }
+
+    /// Goes back to the positions saved in the buffer (after a buffer write failed, once every
+    /// record handed over is written or dropped): each open file is read again from its saved
+    /// offset, or from where reading started when none was saved; what was read past it and
+    /// not yet made a record is forgotten. Returns the bytes to read again, or `Err` (nothing
+    /// changed) when a saved position could not be read: the buffer failed again.
+    pub fn rewind(&mut self, lookup: FallibleLookup<'_>) -> Result<u64, ()> {
+        let mut saved_all = Vec::with_capacity(self.files.len());
+        for t in self.files.values() {
+            saved_all.push(lookup(&t.id.key())?);
+        }
+        let mut again = 0;
+        for (t, saved) in self.files.values_mut().zip(saved_all) {
+            let size = t.file.metadata().map(|m| m.len()).unwrap_or(0);
+            let saved = saved
+                .and_then(|v| FileCheckpoint::decode(&v))
+                .filter(|cp| cp.offset <= size && cp.fingerprint.matches(&t.file).unwrap_or(false));
+            let (to, sent) = match saved {
+                Some(cp) => (cp.offset, Some(cp.offset)),
+                None => (t.origin.min(size), None),
+            };
+            again += t.pos.saturating_sub(to);
+            t.pos = to;
+            t.line_start = to;
+            t.line.clear();
+            t.line_len = 0;
+            t.pending = None;
+            t.sent = sent;
+        }
+        if again > 0 {
+            tracing::info!(source = %self.name, bytes = again, "reading again what did not reach the buffer");
+        }
+        Ok(again)
     }
 
     /// A file that shrank below what was read, or whose first bytes changed, was truncated
@@ -454,6 +494,7 @@ impl FileTailer {
             self.candidates.push((t.fp, t.line_start, now));
         }
         t.pos = 0;
+        t.origin = 0;
         t.line_start = 0;
         t.line.clear();
         t.line_len = 0;
