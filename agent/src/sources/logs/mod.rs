@@ -267,7 +267,7 @@ fn run_files(
             if !settle_after_failure(&name, buffer, sink, stop) {
                 return;
             }
-            let saved = |k: &[u8]| buffer.checkpoint(k).map_err(|_| ());
+            let saved = |k: &[u8]| buffer.checkpoint(k);
             if tailer.rewind(&saved).is_ok() {
                 failures = buffer.failures();
             }

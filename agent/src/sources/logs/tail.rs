@@ -12,6 +12,7 @@ use super::config::{FileSource, LogsConfig, StartAt};
 use super::glob::{Exclude, Glob};
 use super::parse::{self, Bounds, Raw};
 use super::Clock;
+use crate::buffer::BufferError;
 use crate::config::secs;
 use crate::metrics::AgentMetrics;
 use fleetwatch_common::model::LogRecord;
@@ -165,7 +166,7 @@ impl Tracked {
 pub type Lookup<'a> = &'a dyn Fn(&[u8]) -> Option<Vec<u8>>;
 
 /// Reads checkpoints saved earlier, telling "none saved" from "could not read" (`Err`).
-pub type FallibleLookup<'a> = &'a dyn Fn(&[u8]) -> Result<Option<Vec<u8>>, ()>;
+pub type FallibleLookup<'a> = &'a dyn Fn(&[u8]) -> Result<Option<Vec<u8>>, BufferError>;
 
 /// The files of one file source.
 pub struct FileTailer {
@@ -439,7 +440,7 @@ impl FileTailer {
     /// offset, or from where reading started when none was saved; what was read past it and
     /// not yet made a record is forgotten. Returns the bytes to read again, or `Err` (nothing
     /// changed) when a saved position could not be read: the buffer failed again.
-    pub fn rewind(&mut self, lookup: FallibleLookup<'_>) -> Result<u64, ()> {
+    pub fn rewind(&mut self, lookup: FallibleLookup<'_>) -> Result<u64, BufferError> {
         let mut saved_all = Vec::with_capacity(self.files.len());
         for t in self.files.values() {
             saved_all.push(lookup(&t.id.key())?);
@@ -777,5 +778,72 @@ impl ReadAtPos for File {
                 other => return other,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn source(glob: String) -> FileSource {
+        FileSource {
+            name: "app".into(),
+            paths: vec![glob],
+            exclude: Vec::new(),
+            start_at: StartAt::Beginning,
+            multiline_start: None,
+            labels: BTreeMap::new(),
+            max_line_bytes: 1024,
+            rate_limit_lines_per_second: 0,
+        }
+    }
+
+    /// Reads what is there, the last line included (its multi-line wait is over).
+    fn read_all(t: &mut FileTailer, clock: &mut Clock) -> Vec<String> {
+        let now = Instant::now();
+        let mut chunk = Chunk::default();
+        t.read(now, clock, &mut chunk);
+        t.tick(now + Duration::from_secs(60), &mut chunk);
+        chunk.records.into_iter().map(|r| r.message).collect()
+    }
+
+    /// After a failed buffer write the tailer goes back to the position saved in the buffer
+    /// (lines past it are read again), or to where it started when none was saved; when the
+    /// saved position can not be read it stays where it is.
+    #[test]
+    fn rewind_reads_again_from_the_saved_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = File::create(dir.path().join("a.log")).unwrap();
+        for i in 0..10 {
+            writeln!(f, "line {i}").unwrap();
+        }
+        let glob = format!("{}/*.log", dir.path().display());
+        let mut t =
+            FileTailer::new(&source(glob), &LogsConfig::default(), AgentMetrics::new()).unwrap();
+        let mut clock = Clock::default();
+        let mut first = Chunk::default();
+        t.scan(Instant::now(), &|_| None, &mut first);
+        let lines: Vec<String> = (0..10).map(|i| format!("line {i}")).collect();
+        assert_eq!(read_all(&mut t, &mut clock), lines);
+        let (key, value) = first.checkpoints.into_iter().next().unwrap();
+        let start = FileCheckpoint::decode(&value.unwrap()).unwrap();
+        // saved with the batch of lines 0-3 ("line N\n" is 7 bytes)
+        let saved = FileCheckpoint {
+            offset: 28,
+            ..start
+        }
+        .encode();
+
+        let closed = |_: &[u8]| Err(BufferError::Encode(0, "closed".into()));
+        assert!(t.rewind(&closed).is_err());
+        assert!(read_all(&mut t, &mut clock).is_empty(), "nothing moved");
+
+        let lookup = |k: &[u8]| Ok((k == key.as_slice()).then(|| saved.clone()));
+        assert_eq!(t.rewind(&lookup).unwrap(), 70 - 28);
+        assert_eq!(read_all(&mut t, &mut clock), lines[4..]);
+
+        assert_eq!(t.rewind(&|_| Ok(None)).unwrap(), 70);
+        assert_eq!(read_all(&mut t, &mut clock), lines);
     }
 }
