@@ -654,6 +654,48 @@ fn grafana_prometheus_data_source_requests() {
         }])
     );
 
+    // `limit` (Prometheus 2.54+; the metrics browser sends 40000): a shorter list and
+    // Prometheus' warning, which Grafana's look-ups ignore (they read `data` only)
+    let cut = post(
+        "/api/v1/series",
+        &browser_form(&[
+            ("start", &ls),
+            ("end", &le),
+            ("match[]", "grafana_probe_temperature"),
+            ("limit", "1"),
+        ]),
+    );
+    assert_eq!(
+        lookup_data(&cut, "series limit").as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        cut.json()["warnings"],
+        serde_json::json!(["results truncated due to limit"])
+    );
+    let two = get(&format!(
+        "/api/v1/label/__name__/values?{}",
+        go_form(&[("start", &ls), ("end", &le), ("limit", "2")])
+    ));
+    assert_eq!(
+        strings(&lookup_data(&two, "values limit"), "values limit"),
+        names[..2].to_vec()
+    );
+    assert_eq!(two.json()["warnings"][0], "results truncated due to limit");
+    let room = post(
+        "/api/v1/labels",
+        &browser_form(&[
+            ("start", &ls),
+            ("end", &le),
+            ("match[]", "grafana_probe_temperature"),
+            ("limit", "3"),
+        ]),
+    );
+    assert!(room.json().get("warnings").is_none(), "{}", room.body);
+    let negative = get("/api/v1/label/__name__/values?limit=-1");
+    assert_eq!(negative.status, 400, "{}", negative.body);
+    assert_eq!(negative.json()["errorType"], "bad_data");
+
     // metadata (loadMetricsMetadata): GET, no parameters; Record<name, [{type, help, unit}]>
     let meta = lookup_data(&get("/api/v1/metadata"), "metadata");
     for (name, kind) in [

@@ -264,6 +264,38 @@ fn success(data: Value) -> Json<Value> {
     Json(json!({ "status": "success", "data": data }))
 }
 
+/// Prometheus' warning when `limit` cut a list short.
+const TRUNCATED: &str = "results truncated due to limit";
+
+/// The `limit` parameter of the series, label names and label values endpoints: at most this
+/// many entries (0 or absent: all of them), as Prometheus 2.54+ reads it. Grafana sends it.
+fn limit_param(params: &Params) -> Result<Option<usize>, ApiError> {
+    let Some(l) = param(params, "limit") else {
+        return Ok(None);
+    };
+    match l.parse::<i64>() {
+        Ok(0) => Ok(None),
+        Ok(n) if n > 0 => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+        Ok(_) => Err(ApiError::bad_data(
+            "invalid parameter \"limit\": limit must be non-negative",
+        )),
+        Err(_) => Err(ApiError::bad_data(format!(
+            "invalid parameter \"limit\": {l:?} is not a whole number"
+        ))),
+    }
+}
+
+/// A list answer cut to `limit`, with Prometheus' warning when entries were left out.
+fn limited(mut list: Vec<Value>, limit: Option<usize>) -> Json<Value> {
+    match limit {
+        Some(n) if list.len() > n => {
+            list.truncate(n);
+            Json(json!({ "status": "success", "data": list, "warnings": [TRUNCATED] }))
+        }
+        _ => success(Value::Array(list)),
+    }
+}
+
 /// A complete success body from [`data_json`] as a JSON response.
 fn success_raw(body: Vec<u8>) -> Response {
     (
@@ -420,12 +452,13 @@ async fn run_series(state: Arc<AppState>, params: Params) -> Result<Json<Value>,
         return Err(ApiError::bad_data("no match[] parameter provided"));
     }
     let (start, end) = time_bounds(&params)?;
+    let limit = limit_param(&params)?;
     blocking(move || {
         let found = matching_series(&state, &selectors, start, end);
-        Ok(Value::Array(found.keys().map(labels_json).collect()))
+        Ok(found.keys().map(labels_json).collect())
     })
     .await
-    .map(success)
+    .map(|list| limited(list, limit))
 }
 
 /// `GET /api/v1/series`.
@@ -447,15 +480,16 @@ pub(super) async fn series_form(
 async fn run_labels(state: Arc<AppState>, params: Params) -> Result<Json<Value>, ApiError> {
     let selectors = match_params(&params)?;
     let (start, end) = time_bounds(&params)?;
+    let limit = limit_param(&params)?;
     blocking(move || {
         let names: BTreeSet<String> = matching_series(&state, &selectors, start, end)
             .keys()
             .flat_map(|l| l.iter().map(|l| l.name.clone()).collect::<Vec<_>>())
             .collect();
-        Ok(json!(names))
+        Ok(names.into_iter().map(Value::String).collect())
     })
     .await
-    .map(success)
+    .map(|list| limited(list, limit))
 }
 
 /// `GET /api/v1/labels`.
@@ -482,15 +516,16 @@ pub(super) async fn label_values(
 ) -> Result<Json<Value>, ApiError> {
     let selectors = match_params(&params)?;
     let (start, end) = time_bounds(&params)?;
+    let limit = limit_param(&params)?;
     blocking(move || {
         let values: BTreeSet<String> = matching_series(&state, &selectors, start, end)
             .keys()
             .filter_map(|l| crate::promql::label_value(l, &name).map(str::to_string))
             .collect();
-        Ok(json!(values))
+        Ok(values.into_iter().map(Value::String).collect())
     })
     .await
-    .map(success)
+    .map(|list| limited(list, limit))
 }
 
 /// `GET /api/v1/metadata`: the type of every metric name (`metric` and `limit` honoured).
@@ -578,6 +613,31 @@ mod tests {
         assert_eq!(parse_duration("2h", "step").unwrap(), 7_200_000);
         assert!(parse_duration("1x", "step").is_err());
         assert!(parse_duration("", "step").is_err());
+    }
+
+    #[test]
+    fn limit_reads_like_prometheus() {
+        let p = |v: &str| vec![("limit".to_string(), v.to_string())];
+        assert_eq!(limit_param(&Vec::new()).unwrap(), None);
+        assert_eq!(limit_param(&p("0")).unwrap(), None);
+        assert_eq!(limit_param(&p("40000")).unwrap(), Some(40_000));
+        assert!(limit_param(&p("-1")).is_err());
+        assert!(limit_param(&p("ten")).is_err());
+    }
+
+    #[test]
+    fn a_list_cut_by_limit_says_so() {
+        let list = || vec![json!("a"), json!("b"), json!("c")];
+        assert_eq!(
+            limited(list(), Some(2)).0,
+            json!({ "status": "success", "data": ["a", "b"], "warnings": [TRUNCATED] })
+        );
+        // exactly the limit is not truncated
+        assert_eq!(
+            limited(list(), Some(3)).0,
+            json!({ "status": "success", "data": ["a", "b", "c"] })
+        );
+        assert_eq!(limited(list(), None).0["data"], json!(["a", "b", "c"]));
     }
 
     #[test]
