@@ -406,6 +406,19 @@ fn grafana_prometheus_data_source_requests() {
     let d = decode_like_grafana(&health.body).expect("health check decodes");
     assert_eq!(d.result_type, "scalar");
     assert_eq!(d.frames[0].rows, vec![(4000, 2.0)]);
+    // Grafana's "custom query parameters" ride in the URL even on a POST; Prometheus reads
+    // the body's parameters first, then the URL's (Go's Request.Form).
+    let custom = post(
+        "/api/v1/query?time=7&query=2%2B2",
+        &go_form(&[("query", "1+1")]),
+    );
+    assert_eq!(custom.status, 200, "{}", custom.body);
+    let d = decode_like_grafana(&custom.body).expect("a POST with URL parameters decodes");
+    assert_eq!(
+        d.frames[0].rows,
+        vec![(7000, 2.0)],
+        "the body's query, the URL's time"
+    );
 
     // --- heuristics.go and alerting's buildInfo.ts: buildinfo by GET; no `features` means
     // "Prometheus" (no ruler API); a successful /api/v1/status/flags would mean Thanos.

@@ -22,6 +22,14 @@ pub(crate) const LOOKBACK_MS: i64 = 5 * 60 * 1000;
 /// Request parameters in order, repeated keys (`match[]`) kept.
 type Params = Vec<(String, String)>;
 
+/// A POST's parameters as Prometheus reads them (Go's `Request.Form`): the form body's, then
+/// the URL's — so a parameter in both takes the body's value, and `match[]` collects from both
+/// (Grafana puts its "custom query parameters" in the URL even when it POSTs).
+fn post_params(mut body: Params, url: Params) -> Params {
+    body.extend(url);
+    body
+}
+
 fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
     params
         .iter()
@@ -368,9 +376,10 @@ pub(super) async fn instant(
 /// `POST /api/v1/query` (form-encoded, as Grafana sends it).
 pub(super) async fn instant_form(
     State(state): State<Arc<AppState>>,
-    Form(params): Form<Params>,
+    Query(url): Query<Params>,
+    Form(body): Form<Params>,
 ) -> Result<Response, ApiError> {
-    run_instant(state, params).await
+    run_instant(state, post_params(body, url)).await
 }
 
 /// `GET /api/v1/query_range`.
@@ -384,9 +393,10 @@ pub(super) async fn range(
 /// `POST /api/v1/query_range`.
 pub(super) async fn range_form(
     State(state): State<Arc<AppState>>,
-    Form(params): Form<Params>,
+    Query(url): Query<Params>,
+    Form(body): Form<Params>,
 ) -> Result<Response, ApiError> {
-    run_range(state, params).await
+    run_range(state, post_params(body, url)).await
 }
 
 /// The `match[]` selectors of a request as matcher lists.
@@ -472,9 +482,10 @@ pub(super) async fn series(
 /// `POST /api/v1/series`.
 pub(super) async fn series_form(
     State(state): State<Arc<AppState>>,
-    Form(params): Form<Params>,
+    Query(url): Query<Params>,
+    Form(body): Form<Params>,
 ) -> Result<Json<Value>, ApiError> {
-    run_series(state, params).await
+    run_series(state, post_params(body, url)).await
 }
 
 async fn run_labels(state: Arc<AppState>, params: Params) -> Result<Json<Value>, ApiError> {
@@ -503,9 +514,10 @@ pub(super) async fn labels(
 /// `POST /api/v1/labels`.
 pub(super) async fn labels_form(
     State(state): State<Arc<AppState>>,
-    Form(params): Form<Params>,
+    Query(url): Query<Params>,
+    Form(body): Form<Params>,
 ) -> Result<Json<Value>, ApiError> {
-    run_labels(state, params).await
+    run_labels(state, post_params(body, url)).await
 }
 
 /// `GET /api/v1/label/{name}/values`.
