@@ -255,6 +255,10 @@ pub struct Buffer {
     /// One past the highest sequence number handed out (kept in memory, so that a number
     /// given to a write that failed is not given again after a reopen).
     seq_floor: AtomicU64,
+    /// Highest sequence number known to be on disk: a batch becomes visible to
+    /// [`PendingBatches::first_after`] (the shipper) only once its write is flushed, so a
+    /// batch whose flush fails is never shipped, while its records are read again.
+    durable: AtomicU64,
     config: BufferConfig,
     bytes: AtomicU64,
     count: AtomicU64,
@@ -417,6 +421,7 @@ impl Buffer {
             failures: AtomicU64::new(0),
             reopens: AtomicU64::new(0),
             seq_floor: AtomicU64::new(1),
+            durable: AtomicU64::new(0),
             config,
             bytes: AtomicU64::new(0),
             count: AtomicU64::new(0),
@@ -456,6 +461,7 @@ impl Buffer {
         }
         self.bytes.store(bytes, Ordering::Relaxed);
         self.count.store(count, Ordering::Relaxed);
+        self.durable.store(s.newest_seq(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -678,6 +684,7 @@ impl Buffer {
         // Durable before anything else happens, so that an error below does not leave a batch
         // counted as lost that is in fact kept.
         s.db.flush().map_err(|e| self.fail(&s, e))?;
+        self.durable.fetch_max(seq, Ordering::Relaxed);
         self.bytes.fetch_add(size, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
         let mut dropped = Dropped::default();
@@ -929,7 +936,7 @@ impl PendingBatches for Buffer {
         let s = self.current().ok()?;
         let next = s.data.range(start..).next()?;
         match next {
-            Ok((k, _)) => key_seq(&k),
+            Ok((k, _)) => key_seq(&k).filter(|&n| n <= self.durable.load(Ordering::Relaxed)),
             Err(e) => {
                 self.fail(&s, e);
                 None

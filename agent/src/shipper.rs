@@ -169,12 +169,16 @@ impl Shipper {
         self.link = links.borrow_and_update().clone();
         let mut backoff = self.backoff();
         let mut index = 0usize;
+        // The session watches for the stop once connected; this ends it during the handshake
+        // too (up to 15 s against an address that does not answer).
+        let mut stop = shutdown.clone();
         while !*shutdown.borrow() {
             let address = self.link.addresses[index % self.link.addresses.len()].clone();
-            match self
-                .session(&endpoint, &address, &mut backoff, &mut shutdown, &mut links)
-                .await
-            {
+            let ended = tokio::select! {
+                ended = self.session(&endpoint, &address, &mut backoff, &mut shutdown, &mut links) => ended,
+                _ = stop.wait_for(|stopping| *stopping) => Ok(SessionEnd::Shutdown),
+            };
+            match ended {
                 Ok(SessionEnd::Shutdown) => break,
                 Ok(SessionEnd::Reconfigured) => {
                     self.metrics.connected.set(0);

@@ -353,6 +353,26 @@ fn twice(received: &Mutex<Received>) -> Vec<usize> {
         .collect()
 }
 
+/// Prints the lines that arrived more than once, with the batches (sequence number, first and
+/// last line) that held them.
+fn report_twice(received: &Mutex<Received>) {
+    let dups = twice(received);
+    println!("lines delivered twice: {dups:?}");
+    let r = received.lock().unwrap();
+    for n in dups {
+        let batches: Vec<(u64, Option<usize>, Option<usize>)> = r
+            .logs
+            .iter()
+            .filter(|(_, v)| v.iter().any(|m| number(m) == Some(n)))
+            .map(|(seq, v)| {
+                let first = v.first().and_then(|m| number(m));
+                (*seq, first, v.last().and_then(|m| number(m)))
+            })
+            .collect();
+        println!("  line {n} in batches (seq, first line, last line) {batches:?}");
+    }
+}
+
 async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -532,9 +552,12 @@ start_at = "beginning"
         },
     )
     .await;
-    // Delivery is at least once: a line may come twice (seen once in ten runs: one line, the
-    // last before the failure), never not at all.
-    println!("lines delivered twice: {:?}", twice(&received));
+    // Every line arrived (checked above); one may come twice: when a chunk of records is split
+    // across two log batches, the first is sealed with the position saved before the chunk
+    // (LogBatcher gives a chunk's checkpoint to the batch holding its last record), so if the
+    // second batch is the one that fails, the records of the chunk in the first are read again.
+    // Seen in about one run in four, one line.
+    report_twice(&received);
     assert!(in_log(&agent_log, "buffer reopened") >= 1);
     let dropped = received.lock().unwrap().dropped.clone();
     println!("drops reported by the agent: {dropped:?}");
@@ -577,7 +600,7 @@ start_at = "beginning"
     )
     .await;
     assert!(alive(&mut agent));
-    println!("lines delivered twice, in all: {:?}", twice(&received));
+    report_twice(&received);
     let r = received.lock().unwrap();
     assert!(r.newest_seq > seq_before_stop);
     drop(r);
