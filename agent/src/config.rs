@@ -141,12 +141,22 @@ pub struct BufferSettings {
     /// buffer holds more than this many bytes: a file read faster than the aggregator takes it
     /// stays in the file, at its checkpoint, instead of piling up in the buffer (whose memory
     /// grows with what it holds). Without a connection nothing waits and the buffer takes the
-    /// backlog up to `max_bytes`. Between 64 KiB and `max_bytes`.
-    pub log_backlog_bytes: u64,
+    /// backlog up to `max_bytes`. Between 64 KiB and `max_bytes` when set; unset, 4 MiB or half
+    /// of `max_bytes`, whichever is less ([`BufferSettings::log_backlog_limit`]).
+    pub log_backlog_bytes: Option<u64>,
 }
 
-/// The default of `buffer.log_backlog_bytes`.
+/// The default of `buffer.log_backlog_bytes` (unless half of `max_bytes` is less).
 pub const DEFAULT_LOG_BACKLOG_BYTES: u64 = 4 << 20;
+
+impl BufferSettings {
+    /// The log backlog pacing limit: `log_backlog_bytes`, or by default 4 MiB or half of
+    /// `max_bytes`, whichever is less (a small buffer must not refuse the default).
+    pub fn log_backlog_limit(&self) -> u64 {
+        self.log_backlog_bytes
+            .unwrap_or(DEFAULT_LOG_BACKLOG_BYTES.min(self.max_bytes / 2))
+    }
+}
 
 impl Default for BufferSettings {
     fn default() -> Self {
@@ -154,7 +164,7 @@ impl Default for BufferSettings {
             max_bytes: 256 * 1024 * 1024,
             max_age_hours: 24.0,
             cache_bytes: 4 * 1024 * 1024,
-            log_backlog_bytes: DEFAULT_LOG_BACKLOG_BYTES,
+            log_backlog_bytes: None,
         }
     }
 }
@@ -352,16 +362,16 @@ impl AgentConfig {
                 message: format!("{} is below the minimum of 64 KiB", self.buffer.max_bytes),
             });
         }
-        if self.buffer.log_backlog_bytes < 64 * 1024
-            || self.buffer.log_backlog_bytes > self.buffer.max_bytes
-        {
-            return Err(ConfigError::Invalid {
-                key: "buffer.log_backlog_bytes",
-                message: format!(
-                    "{} is not between 64 KiB and buffer.max_bytes ({})",
-                    self.buffer.log_backlog_bytes, self.buffer.max_bytes
-                ),
-            });
+        if let Some(bytes) = self.buffer.log_backlog_bytes {
+            if bytes < 64 * 1024 || bytes > self.buffer.max_bytes {
+                return Err(ConfigError::Invalid {
+                    key: "buffer.log_backlog_bytes",
+                    message: format!(
+                        "{bytes} is not between 64 KiB and buffer.max_bytes ({})",
+                        self.buffer.max_bytes
+                    ),
+                });
+            }
         }
         self.validate_scrape()?;
         checks::validate(&self.checks).map_err(ConfigError::Checks)?;
@@ -583,7 +593,13 @@ mod tests {
         }
         std::fs::write(&p, "[buffer]\nlog_backlog_bytes = 65536\n").unwrap();
         assert_eq!(
-            AgentConfig::load(&p).unwrap().buffer.log_backlog_bytes,
+            AgentConfig::load(&p).unwrap().buffer.log_backlog_limit(),
+            65536
+        );
+        // unset, it fits a small buffer instead of refusing it
+        std::fs::write(&p, "[buffer]\nmax_bytes = 131072\n").unwrap();
+        assert_eq!(
+            AgentConfig::load(&p).unwrap().buffer.log_backlog_limit(),
             65536
         );
     }

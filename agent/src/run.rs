@@ -407,7 +407,7 @@ pub fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     let (host, host_rx) = watch::channel(config.host.clone());
     let collector = tokio::spawn(collector::run(
         config.batch.clone(),
-        config.buffer.log_backlog_bytes,
+        config.buffer.log_backlog_limit(),
         buffer.clone(),
         metrics.clone(),
         wake,

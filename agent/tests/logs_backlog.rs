@@ -164,7 +164,7 @@ async fn connected_backlog_stays_in_the_file_not_the_buffer() {
     c.push.enabled = false;
     c.host.enabled = false;
     c.host.interval_seconds = 3600.0;
-    c.buffer.log_backlog_bytes = LIMIT;
+    c.buffer.log_backlog_bytes = Some(LIMIT);
     // Batches of 200 lines (about 40 KB): many batches, so a backlog builds up quickly.
     c.batch.max_items = 200;
     c.batch.max_wait_seconds = 0.05;

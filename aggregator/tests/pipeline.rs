@@ -169,7 +169,11 @@ fn a_full_buffer_drops_the_oldest_and_counts_it() {
     // No aggregator: ~50 collections a second overflow 128 KiB within seconds.
     let buffer_dir = fleet.path("agent-tiny-1/buffer");
     std::thread::sleep(Duration::from_secs(15));
-    assert!(agent.is_running(), "agent died with a full buffer");
+    assert!(
+        agent.is_running(),
+        "agent died with a full buffer:\n{}",
+        std::fs::read_to_string(fleet.path("agent-tiny-1.log")).unwrap_or_default()
+    );
     assert!(buffer_dir.exists());
     let agg = fleet.start_aggregator();
     fleet.wait_for("the drop counter", Duration::from_secs(60), || {
