@@ -166,6 +166,14 @@ impl LogBatcher {
     }
 
     /// Adds records and the checkpoints that cover them; returns what must be written now.
+    ///
+    /// Records that come with checkpoints (a log source's chunk) go into one batch whole: the
+    /// batch is sealed before them if they would not fit, and after them if they filled it. A
+    /// chunk split over two batches would leave its first part in a batch saved with the
+    /// position from before the chunk, so a crash between the two writes would read that part
+    /// again. A batch may so exceed its bounds by one chunk (a source's chunk is one read of at
+    /// most 256 KiB, far under the frame limits). Records without checkpoints (pushed logs) are
+    /// split at the bounds.
     pub fn add(
         &mut self,
         records: Vec<LogRecord>,
@@ -173,9 +181,20 @@ impl LogBatcher {
         now: Instant,
     ) -> Vec<SealedLogs> {
         let mut sealed = Vec::new();
+        let whole = !checkpoints.is_empty();
+        if whole {
+            let bytes: usize = records.iter().map(record_bytes).sum();
+            let fits = self.current.as_ref().is_none_or(|(_, batch, _)| {
+                self.bytes + bytes <= MAX_LOG_BATCH_BYTES
+                    && batch.logs.len() + records.len() <= self.max_items
+            });
+            if !fits {
+                sealed.extend(self.take_due(now, true));
+            }
+        }
         for r in records {
             let size = record_bytes(&r);
-            if self.current.is_some() && self.bytes + size > MAX_LOG_BATCH_BYTES {
+            if !whole && self.current.is_some() && self.bytes + size > MAX_LOG_BATCH_BYTES {
                 sealed.extend(self.take_due(now, true));
             }
             let spare = &mut self.spare;
@@ -189,11 +208,11 @@ impl LogBatcher {
             }
             batch.logs.push(r);
             self.bytes += size;
-            if batch.logs.len() >= self.max_items {
+            if !whole && batch.logs.len() >= self.max_items {
                 sealed.extend(self.take_due(now, true));
             }
         }
-        if checkpoints.is_empty() {
+        if !whole {
             return sealed;
         }
         // The checkpoints go with the batch holding the last of these records: the current
@@ -210,6 +229,12 @@ impl LogBatcher {
             }
         };
         target.extend(checkpoints);
+        let full = self.current.as_ref().is_some_and(|(_, batch, _)| {
+            self.bytes >= MAX_LOG_BATCH_BYTES || batch.logs.len() >= self.max_items
+        });
+        if full {
+            sealed.extend(self.take_due(now, true));
+        }
         sealed
     }
 
@@ -600,15 +625,26 @@ mod tests {
         assert!(b
             .add(vec![rec("a"), rec("b")], vec![cp("f", "2")], now)
             .is_empty());
-        // 2 more: the first fills the batch (sealed with the earlier checkpoint), the second
-        // starts a new one that takes the new checkpoint
+        // 2 more do not fit: the batch is sealed before them with its checkpoint, and the
+        // chunk goes whole into the next batch with its own (never split over two batches,
+        // so a crash between the two writes can not read part of it again)
         let sealed = b.add(vec![rec("c"), rec("d")], vec![cp("f", "4")], now);
         assert_eq!(sealed.len(), 1);
-        assert_eq!(sealed[0].batch.as_ref().unwrap().logs.len(), 3);
+        assert_eq!(sealed[0].batch.as_ref().unwrap().logs.len(), 2);
         assert_eq!(sealed[0].checkpoints[&b"f".to_vec()], Some(b"2".to_vec()));
         let last = b.take_due(now, true).unwrap();
         assert_eq!(last.batch.as_ref().unwrap().lane, Lane::Logs);
+        assert_eq!(last.batch.as_ref().unwrap().logs.len(), 2);
         assert_eq!(last.checkpoints[&b"f".to_vec()], Some(b"4".to_vec()));
+        // a chunk larger than a batch stays whole, sealed at once with its checkpoint
+        let sealed = b.add(
+            vec![rec("1"), rec("2"), rec("3"), rec("4")],
+            vec![cp("f", "11")],
+            now,
+        );
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(sealed[0].batch.as_ref().unwrap().logs.len(), 4);
+        assert_eq!(sealed[0].checkpoints[&b"f".to_vec()], Some(b"11".to_vec()));
         // exactly filling a batch: the checkpoint goes with the sealed batch
         let sealed = b.add(vec![rec("e"), rec("f"), rec("g")], vec![cp("f", "7")], now);
         assert_eq!(sealed[0].checkpoints[&b"f".to_vec()], Some(b"7".to_vec()));
