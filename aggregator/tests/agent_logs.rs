@@ -117,8 +117,10 @@ fn file_lines_arrive_once_in_order_through_agent_kills_and_an_aggregator_outage(
     let _agg = fleet.start_aggregator();
 
     let selector = format!(r#"{{host="web-1",source="{}"}}"#, file.display());
+    // The last line may be stored before the backlog has drained (live first): wait for both.
     fleet.wait_for("every line stored", Duration::from_secs(90), || {
         query(&fleet, &[("selector", &selector), ("contains", "the end")]).len() == 1
+            && query(&fleet, &[("selector", &selector), ("contains", "line ")]).len() >= N
     });
     let records = query(&fleet, &[("selector", &selector), ("contains", "line ")]);
     let seqs: Vec<usize> = records
