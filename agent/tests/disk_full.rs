@@ -10,13 +10,14 @@
 //! Mounting needs root: without it the tests print SKIPPED and pass, unless
 //! `FLEETWATCH_REQUIRE_PEERS=1` (as CI sets; CI runs as root) makes that a failure.
 
+mod support;
+
 use fleetwatch_agent::buffer::{Buffer, BufferConfig};
-use fleetwatch_agent::transport::{read_frame, write_frame};
-use fleetwatch_common::codec::{self, FrameLimits};
+use fleetwatch_agent::transport::read_frame;
+use fleetwatch_common::codec::FrameLimits;
 use fleetwatch_common::model::{Lane, LogRecord};
 use fleetwatch_common::pki::{self, Validity};
-use fleetwatch_common::protocol::{AckStatus, PendingBatches, ServerConn, ServerParams};
-use fleetwatch_common::tls::{self, RefusalReason};
+use fleetwatch_common::protocol::PendingBatches;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -216,22 +217,7 @@ struct Received {
 /// A QUIC server with mutual TLS that accepts agents one after the other and acknowledges
 /// every batch at once.
 async fn aggregator(pki_dir: &Path) -> (SocketAddr, Arc<Mutex<Received>>, quinn::Endpoint) {
-    let server = pki::issue_server(pki_dir, "localhost", Validity::days(1)).unwrap();
-    let refusals: Arc<dyn Fn(RefusalReason) + Send + Sync> = Arc::new(|_| {});
-    let (tls, _verifier) = tls::server_config(
-        &pki_dir.join("ca.pem"),
-        &server.cert,
-        &server.key,
-        None,
-        refusals,
-    )
-    .unwrap();
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(64u32.into());
-    config.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let endpoint = support::quic::endpoint(pki_dir);
     let addr = endpoint.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Received::default()));
     let (ep, rx) = (endpoint.clone(), received.clone());
@@ -245,29 +231,10 @@ async fn aggregator(pki_dir: &Path) -> (SocketAddr, Arc<Mutex<Received>>, quinn:
 }
 
 async fn serve(conn: quinn::Connection, received: Arc<Mutex<Received>>) {
+    let Some(server) = support::quic::handshake(&conn, 16).await else {
+        return;
+    };
     let limits = FrameLimits::default();
-    let params = ServerParams {
-        max_in_flight: 16,
-        max_payload_bytes: limits.max_payload_bytes,
-    };
-    let server = Arc::new(Mutex::new(ServerConn::new("test-host", params)));
-    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
-        return;
-    };
-    let Ok(hello) = read_frame(&mut recv, &limits).await else {
-        return;
-    };
-    let welcome = server
-        .lock()
-        .unwrap()
-        .on_control(hello, fleetwatch_common::model::now_ms(), 0)
-        .unwrap();
-    if write_frame(&mut send, &codec::encode(&welcome).unwrap())
-        .await
-        .is_err()
-    {
-        return;
-    }
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
         let (server, received) = (server.clone(), received.clone());
         tokio::spawn(async move {
@@ -299,13 +266,7 @@ async fn serve(conn: quinn::Connection, received: Arc<Mutex<Received>>) {
             while received.lock().unwrap().hold {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let ack = server
-                .lock()
-                .unwrap()
-                .finish_batch(batch.seq, AckStatus::Applied);
-            let _ = write_frame(&mut send, &codec::encode(&ack).unwrap()).await;
-            let _ = send.finish();
-            let _ = send.stopped().await;
+            support::quic::acknowledge(&server, &mut send, batch.seq).await;
         });
     }
 }

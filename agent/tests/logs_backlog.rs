@@ -5,15 +5,15 @@
 //! agent's buffer must stay within the bound the whole time, and every line must arrive once,
 //! in order.
 
+mod support;
+
 use fleetwatch_agent::config::AgentConfig;
 use fleetwatch_agent::run;
 use fleetwatch_agent::sources::logs::config::{FileSource, StartAt};
-use fleetwatch_agent::transport::{read_frame, write_frame};
+use fleetwatch_agent::transport::read_frame;
 use fleetwatch_common::codec::{self, FrameLimits};
 use fleetwatch_common::model::Lane;
 use fleetwatch_common::pki::{self, Validity};
-use fleetwatch_common::protocol::{AckStatus, ServerConn, ServerParams};
-use fleetwatch_common::tls::{self, RefusalReason};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -35,22 +35,7 @@ async fn slow_aggregator(
     pki_dir: &Path,
     ack_delay: Duration,
 ) -> (SocketAddr, Arc<Mutex<Received>>, quinn::Endpoint) {
-    let server = pki::issue_server(pki_dir, "localhost", Validity::days(1)).unwrap();
-    let refusals: Arc<dyn Fn(RefusalReason) + Send + Sync> = Arc::new(|_| {});
-    let (tls, _verifier) = tls::server_config(
-        &pki_dir.join("ca.pem"),
-        &server.cert,
-        &server.key,
-        None,
-        refusals,
-    )
-    .unwrap();
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(64u32.into());
-    config.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let endpoint = support::quic::endpoint(pki_dir);
     let addr = endpoint.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Received::default()));
     let (ep, rx) = (endpoint.clone(), received.clone());
@@ -64,29 +49,10 @@ async fn slow_aggregator(
 }
 
 async fn serve(conn: quinn::Connection, ack_delay: Duration, received: Arc<Mutex<Received>>) {
+    let Some(server) = support::quic::handshake(&conn, 8).await else {
+        return;
+    };
     let limits = FrameLimits::default();
-    let params = ServerParams {
-        max_in_flight: 8,
-        max_payload_bytes: limits.max_payload_bytes,
-    };
-    let server = Arc::new(Mutex::new(ServerConn::new("test-host", params)));
-    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
-        return;
-    };
-    let Ok(hello) = read_frame(&mut recv, &limits).await else {
-        return;
-    };
-    let welcome = server
-        .lock()
-        .unwrap()
-        .on_control(hello, fleetwatch_common::model::now_ms(), 0)
-        .unwrap();
-    if write_frame(&mut send, &codec::encode(&welcome).unwrap())
-        .await
-        .is_err()
-    {
-        return;
-    }
     // One batch at a time: the aggregator is the bottleneck.
     let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
@@ -108,14 +74,7 @@ async fn serve(conn: quinn::Connection, ack_delay: Duration, received: Arc<Mutex
                         .or_insert_with(|| batch.logs.iter().map(|l| l.message.clone()).collect());
                 }
             }
-            let ack = server
-                .lock()
-                .unwrap()
-                .finish_batch(batch.seq, AckStatus::Applied);
-            let _ = write_frame(&mut send, &codec::encode(&ack).unwrap()).await;
-            let _ = send.finish();
-            // Keep the stream until the agent has read the acknowledgement.
-            let _ = send.stopped().await;
+            support::quic::acknowledge(&server, &mut send, batch.seq).await;
         });
     }
 }
