@@ -3,4 +3,5 @@
 
 pub mod browser;
 pub mod fleet_sim;
+pub mod loopback;
 pub mod procfs;

@@ -16,7 +16,6 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use fantoccini::Locator;
-use fleetwatch_aggregator::config::AggregatorConfig;
 use fleetwatch_benches::browser::{self, testid, Browser};
 use fleetwatch_benches::fleet_sim::{SimConfig, Simulation};
 use fleetwatch_common::pki;
@@ -55,17 +54,12 @@ async fn main() -> anyhow::Result<()> {
     pki::init(&p, "bench CA")?;
     let server = pki::issue_server(&p, "localhost", pki::Validity::days(1))?;
     std::fs::write(d.join("token"), format!("{TOKEN}\n"))?;
-    let mut cfg = AggregatorConfig {
-        data_dir: d.join("agg"),
-        ..Default::default()
-    };
-    cfg.quic.listen = "127.0.0.1:0".into();
-    cfg.http.listen = "127.0.0.1:0".into();
-    cfg.quic.ca = p.join("ca.pem");
-    cfg.quic.cert = server.cert;
-    cfg.quic.key = server.key;
-    cfg.quic.crl = p.join("crl.pem");
-    cfg.http.admin_token_file = d.join("token");
+    let mut cfg = fleetwatch_benches::loopback::aggregator_config(
+        &d.join("agg"),
+        &p,
+        server,
+        &d.join("token"),
+    );
     // a host stays up across a slow round on a busy machine
     cfg.fleet.stale_after_seconds = 6 * args.interval.max(5);
     cfg.fleet.down_after_seconds = 18 * args.interval.max(5);

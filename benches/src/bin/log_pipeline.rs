@@ -7,7 +7,6 @@
 //! `cargo build --release -p fleetwatch-agent && cargo run --release -p fleetwatch-benches --bin log_pipeline -- --lines 2000000`
 
 use clap::Parser;
-use fleetwatch_aggregator::config::AggregatorConfig;
 use fleetwatch_benches::procfs::{cpu_seconds, status_kib};
 use fleetwatch_common::model::now_ms;
 use fleetwatch_common::pki;
@@ -127,17 +126,12 @@ async fn main() -> anyhow::Result<()> {
     let server = pki::issue_server(&p, "localhost", pki::Validity::days(1))?;
     let agent = pki::issue_agent(&p, "bench-host", pki::Validity::days(1))?;
     std::fs::write(d.join("token"), "bench-token-0123456789abcdef\n")?;
-    let mut cfg = AggregatorConfig {
-        data_dir: d.join("agg"),
-        ..Default::default()
-    };
-    cfg.quic.listen = "127.0.0.1:0".into();
-    cfg.http.listen = "127.0.0.1:0".into();
-    cfg.quic.ca = p.join("ca.pem");
-    cfg.quic.cert = server.cert;
-    cfg.quic.key = server.key;
-    cfg.quic.crl = p.join("crl.pem");
-    cfg.http.admin_token_file = d.join("token");
+    let cfg = fleetwatch_benches::loopback::aggregator_config(
+        &d.join("agg"),
+        &p,
+        server,
+        &d.join("token"),
+    );
     let agg = fleetwatch_aggregator::server::start(cfg).await?;
 
     let agent_toml = d.join("agent.toml");

@@ -11,7 +11,6 @@ use fleetwatch_agent::buffer::{Buffer, BufferConfig};
 use fleetwatch_agent::config::AggregatorLink;
 use fleetwatch_agent::metrics::AgentMetrics;
 use fleetwatch_agent::shipper::Shipper;
-use fleetwatch_aggregator::config::AggregatorConfig;
 use fleetwatch_common::codec;
 use fleetwatch_common::model::{
     now_ms, Batch, HostFacts, Label, Lane, MetricKind, Sample, Series, SeriesSamples,
@@ -77,17 +76,12 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("filled {} batches in {:?}", args.batches, fill.elapsed());
 
-    let mut cfg = AggregatorConfig {
-        data_dir: d.join("agg"),
-        ..Default::default()
-    };
-    cfg.quic.listen = "127.0.0.1:0".into();
-    cfg.http.listen = "127.0.0.1:0".into();
-    cfg.quic.ca = p.join("ca.pem");
-    cfg.quic.cert = server.cert;
-    cfg.quic.key = server.key;
-    cfg.quic.crl = p.join("crl.pem");
-    cfg.http.admin_token_file = d.join("token");
+    let mut cfg = fleetwatch_benches::loopback::aggregator_config(
+        &d.join("agg"),
+        &p,
+        server,
+        &d.join("token"),
+    );
     cfg.limits.max_series_per_host = 1_000_000;
     let agg = fleetwatch_aggregator::server::start(cfg).await?;
     let link = AggregatorLink {

@@ -1368,17 +1368,12 @@ async fn main() -> anyhow::Result<()> {
     let token = "bench-token-0123456789abcdef".to_string();
     std::fs::write(root.join("token"), format!("{token}\n"))?;
     let fw_dir = root.join("fleetwatch-data");
-    let mut cfg = AggregatorConfig {
-        data_dir: fw_dir.clone(),
-        ..Default::default()
-    };
-    cfg.quic.listen = "127.0.0.1:0".into();
-    cfg.http.listen = "127.0.0.1:0".into();
-    cfg.quic.ca = pki_dir.join("ca.pem");
-    cfg.quic.cert = server_cert.cert;
-    cfg.quic.key = server_cert.key;
-    cfg.quic.crl = pki_dir.join("crl.pem");
-    cfg.http.admin_token_file = root.join("token");
+    let mut cfg = fleetwatch_benches::loopback::aggregator_config(
+        &fw_dir,
+        &pki_dir,
+        server_cert,
+        &root.join("token"),
+    );
     cfg.limits.max_series_per_host = 10_000_000;
     cfg.store.retention_hours = (args.history_days * 24 + 48) as f64;
     if let Some(h) = args.fw_block_hours {
