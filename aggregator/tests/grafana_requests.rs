@@ -209,7 +209,7 @@ fn grafana_request(port: u16, method: &str, path: &str, form: &str, token: Optio
         .map(|v| v.trim().to_string())
         .unwrap_or_default();
     let body = if lower.contains("transfer-encoding: chunked") {
-        dechunk(body)
+        support::dechunk(body)
     } else {
         body.to_string()
     };
@@ -218,19 +218,6 @@ fn grafana_request(port: u16, method: &str, path: &str, form: &str, token: Optio
         content_type,
         body,
     }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// One frame of Grafana's decoder: the series' labels and its (time ms, value) rows.
