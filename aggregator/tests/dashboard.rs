@@ -86,12 +86,7 @@ async fn sign_in(b: &Browser, token: &str, role: &str, screenshot: Option<&str>)
     if let Some(name) = screenshot {
         shot(b, name).await;
     }
-    b.wait_testid("login-submit", WAIT)
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click_testid("login-submit", WAIT).await.unwrap();
     b.wait(&format!("the role shown as {role}"), WAIT, || async {
         Ok(text_of(b, &testid("role"))
             .await?
@@ -133,12 +128,7 @@ async fn attr_of(b: &Browser, css: &str, attr: &str) -> anyhow::Result<Option<St
 
 /// Goes to a page through its link in the navigation bar (no reload) and waits for it.
 async fn nav(b: &Browser, page: &str) {
-    b.wait_testid(&format!("nav-{page}"), WAIT)
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click_testid(&format!("nav-{page}"), WAIT).await.unwrap();
     b.wait_testid(&format!("page-{page}"), WAIT).await.unwrap();
 }
 
@@ -336,7 +326,7 @@ async fn admin_uses_every_page_and_a_viewer_cannot_change_anything() {
     let log_rows = format!("{} {}", testid("logs-results"), testid("log-row"));
     b.wait("the tailed line in the log search", WAIT, || async {
         // the agent may not have shipped the line yet: search again until it shows
-        b.wait_testid("logs-submit", WAIT).await?.click().await?;
+        b.click_testid("logs-submit", WAIT).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         for row in b.client.find_all(Locator::Css(&log_rows)).await? {
             if row.text().await?.contains(&marker) {
@@ -350,12 +340,7 @@ async fn admin_uses_every_page_and_a_viewer_cannot_change_anything() {
     shot(&b, "logs").await;
 
     // Live tail: a line written now shows up without searching again.
-    b.wait_testid("logs-tail", WAIT)
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click_testid("logs-tail", WAIT).await.unwrap();
     b.wait("the live tail switched on", WAIT, || async {
         Ok(attr_of(&b, &testid("logs-tail"), "aria-pressed")
             .await?
@@ -399,12 +384,7 @@ async fn admin_uses_every_page_and_a_viewer_cannot_change_anything() {
     let input = b.wait_testid("query-input", WAIT).await.unwrap();
     input.clear().await.unwrap();
     input.send_keys("fleetwatch_cpu_usage_ratio").await.unwrap();
-    b.wait_testid("query-run", WAIT)
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click_testid("query-run", WAIT).await.unwrap();
     let rows = format!("{} tbody tr", testid("query-table"));
     b.wait("a result row for this host", WAIT, || async {
         for row in b.client.find_all(Locator::Css(&rows)).await? {
@@ -432,12 +412,7 @@ async fn admin_uses_every_page_and_a_viewer_cannot_change_anything() {
         .to_string();
     input.clear().await.unwrap();
     input.send_keys(bad).await.unwrap();
-    b.wait_testid("query-run", WAIT)
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click_testid("query-run", WAIT).await.unwrap();
     let shown = b
         .wait("the query's error on the page", WAIT, || async {
             Ok(
@@ -477,12 +452,7 @@ async fn admin_uses_every_page_and_a_viewer_cannot_change_anything() {
     assert_not_reloaded(&b, "moving between pages").await;
 
     // A viewer: signed in, no button that acknowledges or silences.
-    b.wait_testid("logout", WAIT)
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click_testid("logout", WAIT).await.unwrap();
     sign_in(&b, VIEWER_TOKEN, "viewer", None).await;
     nav(&b, "alerts").await;
     b.wait_css(&row, WAIT).await.unwrap();

@@ -143,6 +143,12 @@ impl Browser {
         self.wait_css(&testid(id), timeout).await
     }
 
+    /// Clicks the element with `data-testid` `id`, waiting for it up to `timeout`.
+    pub async fn click_testid(&self, id: &str, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_testid(id, timeout).await?.click().await?;
+        Ok(())
+    }
+
     /// How many elements match `css` now.
     pub async fn count(&self, css: &str) -> anyhow::Result<usize> {
         Ok(self.client.find_all(Locator::Css(css)).await?.len())
