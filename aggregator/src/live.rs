@@ -212,23 +212,9 @@ pub fn snapshot(hosts: Option<&[SummarizedHost]>, alerts: Option<&[Alert]>, now:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn alert(host: &str, state: AlertState) -> Alert {
-        Alert {
-            labels: BTreeMap::from([
-                ("alertname".to_string(), "HostDown".to_string()),
-                ("host".to_string(), host.to_string()),
-            ]),
-            annotations: BTreeMap::new(),
-            state,
-            active_at_ms: 0,
-            fired_at_ms: None,
-            resolved_at_ms: None,
-            keep_firing_since_ms: None,
-            value: 1.0,
-            last_eval_ms: 0,
-        }
+        Alert::for_test("HostDown", host, state)
     }
 
     fn events(rx: &mut broadcast::Receiver<LiveMessage>) -> Vec<(String, String)> {

@@ -351,7 +351,6 @@ mod tests {
     use crate::tsdb::head::matches;
     use fleetwatch_common::model::{Label, Sample, Series};
     use promql_parser::label::Matcher;
-    use std::collections::BTreeMap;
 
     /// Series in memory, matched as the store matches them.
     struct Mem(Vec<(Series, Vec<Sample>)>);
@@ -400,20 +399,7 @@ mod tests {
     }
 
     fn alert(host: &str, state: AlertState) -> Alert {
-        Alert {
-            labels: BTreeMap::from([
-                ("alertname".to_string(), "X".to_string()),
-                ("host".to_string(), host.to_string()),
-            ]),
-            annotations: BTreeMap::new(),
-            state,
-            active_at_ms: 0,
-            fired_at_ms: None,
-            resolved_at_ms: None,
-            keep_firing_since_ms: None,
-            value: 1.0,
-            last_eval_ms: 0,
-        }
+        Alert::for_test("X", host, state)
     }
 
     #[test]

@@ -65,6 +65,27 @@ pub struct Active {
     pub value: f64,
 }
 
+#[cfg(test)]
+impl Alert {
+    /// An alert named `name` on `host` in `state`, everything else zero (for unit tests).
+    pub(crate) fn for_test(name: &str, host: &str, state: AlertState) -> Alert {
+        Alert {
+            labels: BTreeMap::from([
+                ("alertname".to_string(), name.to_string()),
+                ("host".to_string(), host.to_string()),
+            ]),
+            annotations: BTreeMap::new(),
+            state,
+            active_at_ms: 0,
+            fired_at_ms: None,
+            resolved_at_ms: None,
+            keep_firing_since_ms: None,
+            value: 1.0,
+            last_eval_ms: 0,
+        }
+    }
+}
+
 /// The key of an alert among a rule's alerts.
 pub fn key(labels: &BTreeMap<String, String>) -> String {
     labels
